@@ -1,0 +1,1 @@
+"""Benchmarks: frames per second and per-stage latency. Not built yet."""
