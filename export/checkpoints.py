@@ -108,11 +108,10 @@ def _apply_renames(sd: StateDict, renames: Iterable[tuple[str, str, str]],
     out = {}
     drops = list(drops)
     for key, value in sd.items():
-        if any(re.search(p, key) for p, _ in drops):
-            continue
         for pattern, repl, _why in renames:
             key = re.sub(pattern, repl, key)
-        out[key] = value
+        if not any(re.search(p, key) for p, _ in drops):  # drops match the renamed key
+            out[key] = value
     return out
 
 
