@@ -42,13 +42,17 @@ VAE_DIR = "sd-vae-ft-mse"
 WAV2VEC_DIR = "wav2vec/wav2vec2-base-960h"
 REALESRGAN = "realesrgan/RealESRGAN_x2plus.pth"
 WEIGHT_NAMES = {  # directory checkpoints: the first file found is used
-    VAE_DIR: ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-              "diffusion_pytorch_model.pth", "diffusion_pytorch_model.ckpt"),
+    VAE_DIR: (
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model.pth",
+        "diffusion_pytorch_model.ckpt",
+    ),
     WAV2VEC_DIR: ("model.safetensors", "pytorch_model.bin", "model.pth", "model.ckpt"),
 }
 CONTENTS = {
     NET: "the Hallo2 network (reference_unet., denoising_unet., face_locator., imageproj., "
-         "audioproj. tensors) from the Hallo2 release",
+    "audioproj. tensors) from the Hallo2 release",
     NET_G: "the temporal CodeFormer ({'params_ema': state_dict}) from the Hallo2 release",
     UNET_CONFIG: "the SD1.5 UNet config.json (architecture of both UNets)",
     f"{VAE_DIR}/config.json": "the sd-vae-ft-mse AutoencoderKL config.json",
@@ -73,25 +77,42 @@ COMPONENT_FILES: dict[str, tuple[str, ...]] = {
     "face_restorer": (NET_G,),
     "bg_upsampler": (REALESRGAN,),
 }
-GENERATION = ("vae_encoder", "vae_decoder", "reference_unet", "denoiser", "face_locator",
-              "image_proj", "audio_proj", "audio_encoder")  # what --upscale 1 needs
+GENERATION = (
+    "vae_encoder",
+    "vae_decoder",
+    "reference_unet",
+    "denoiser",
+    "face_locator",
+    "image_proj",
+    "audio_proj",
+    "audio_encoder",
+)  # what --upscale 1 needs
 SUPER_RESOLUTION = ("face_restorer", "bg_upsampler")
 
 # --- renames and reshapes, each with its reason --------------------------------------------------
 # (pattern, replacement, why); applied in order with re.sub on every key.
 VAE_RENAMES = [
-    (r"^(.*mid_block\.attentions\.0)\.query\.", r"\1.to_q.",
-     "legacy diffusers (<0.14) attention names; current names are to_q/to_k/to_v/to_out.0"),
+    (
+        r"^(.*mid_block\.attentions\.0)\.query\.",
+        r"\1.to_q.",
+        "legacy diffusers (<0.14) attention names; current names are to_q/to_k/to_v/to_out.0",
+    ),
     (r"^(.*mid_block\.attentions\.0)\.key\.", r"\1.to_k.", "legacy attention name"),
     (r"^(.*mid_block\.attentions\.0)\.value\.", r"\1.to_v.", "legacy attention name"),
     (r"^(.*mid_block\.attentions\.0)\.proj_attn\.", r"\1.to_out.0.", "legacy attention name"),
 ]
 WAV2VEC_RENAMES = [
     (r"^wav2vec2\.", "", "Wav2Vec2ForCTC wraps the model we need in 'wav2vec2.'"),
-    (r"\.parametrizations\.weight\.original0$", ".weight_g",
-     "torch>=2.1 parametrized weight norm: original0 is g"),
-    (r"\.parametrizations\.weight\.original1$", ".weight_v",
-     "torch>=2.1 parametrized weight norm: original1 is v"),
+    (
+        r"\.parametrizations\.weight\.original0$",
+        ".weight_g",
+        "torch>=2.1 parametrized weight norm: original0 is g",
+    ),
+    (
+        r"\.parametrizations\.weight\.original1$",
+        ".weight_v",
+        "torch>=2.1 parametrized weight norm: original1 is v",
+    ),
 ]
 WAV2VEC_DROPS = [
     (r"^lm_head\.", "the CTC head; Hallo2 uses the hidden states"),
@@ -103,8 +124,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or does not match the architecture."""
 
 
-def _apply_renames(sd: StateDict, renames: Iterable[tuple[str, str, str]],
-                   drops: Iterable[tuple[str, str]] = ()) -> StateDict:
+def _apply_renames(
+    sd: StateDict, renames: Iterable[tuple[str, str, str]], drops: Iterable[tuple[str, str]] = ()
+) -> StateDict:
     out = {}
     drops = list(drops)
     for key, value in sd.items():
@@ -124,16 +146,19 @@ def fold_weight_norm(g: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor
 def read_state_dict(path: Path, what: str = "") -> StateDict:
     """Read .safetensors / .pth / .ckpt / .bin with ``weights_only=True``; errors name the file."""
     if not path.is_file():
-        raise CheckpointError(f"missing checkpoint file {path}" + (f": it should hold {what}"
-                                                                     if what else ""))
+        raise CheckpointError(
+            f"missing checkpoint file {path}" + (f": it should hold {what}" if what else "")
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
         if path.suffix not in (".pth", ".ckpt", ".bin", ".pt"):
-            raise CheckpointError(f"{path}: unsupported checkpoint format {path.suffix!r} "
-                                  "(expected .safetensors, .pth, .ckpt or .bin)")
+            raise CheckpointError(
+                f"{path}: unsupported checkpoint format {path.suffix!r} "
+                "(expected .safetensors, .pth, .ckpt or .bin)"
+            )
         try:  # mmap keeps a 10 GB net.pth out of RAM until tensors are touched
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # legacy (non-zip) serialisation cannot be mmapped
@@ -141,9 +166,10 @@ def read_state_dict(path: Path, what: str = "") -> StateDict:
     except CheckpointError:
         raise
     except Exception as exc:  # corrupt, truncated, or pickled objects refused by weights_only
-        raise CheckpointError(f"{path} could not be read as a checkpoint ({type(exc).__name__}: "
-                              f"{exc}). The file is corrupt or incomplete: download it again"
-                              ) from exc
+        raise CheckpointError(
+            f"{path} could not be read as a checkpoint ({type(exc).__name__}: "
+            f"{exc}). The file is corrupt or incomplete: download it again"
+        ) from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return dict(obj)
@@ -156,8 +182,10 @@ def _unwrap(sd: StateDict, path: Path, keys: tuple[str, ...]) -> StateDict:
             return dict(sd[k])
     if all(isinstance(v, torch.Tensor) for v in sd.values()):
         return sd
-    raise CheckpointError(f"{path}: no {' or '.join(repr(k) for k in keys)} entry; top-level "
-                          f"keys are {sorted(sd)[:5]}")
+    raise CheckpointError(
+        f"{path}: no {' or '.join(repr(k) for k in keys)} entry; top-level "
+        f"keys are {sorted(sd)[:5]}"
+    )
 
 
 def _summarise(keys: list[str], limit: int = 5) -> str:
@@ -165,15 +193,19 @@ def _summarise(keys: list[str], limit: int = 5) -> str:
     return f"{len(keys)} ({head}{', ...' if len(keys) > limit else ''})"
 
 
-def strict_load(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str,
-                dtype: torch.dtype | None = None) -> nn.Module:
+def strict_load(
+    module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, dtype: torch.dtype | None = None
+) -> nn.Module:
     """Assign ``sd`` to ``module`` (possibly on the meta device); raise one error listing every
     missing, unexpected and mis-shaped key."""
     expected = module.state_dict()
     missing = sorted(k for k in expected if k not in sd)
     unexpected = sorted(k for k in sd if k not in expected)
-    shapes = sorted(f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                    if k in sd and tuple(sd[k].shape) != tuple(v.shape))
+    shapes = sorted(
+        f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    )
     if missing or unexpected or shapes:
         parts = [f"{what} does not match the architecture built from its config:"]
         if missing:
@@ -182,11 +214,15 @@ def strict_load(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str,
             parts.append(f"  unexpected keys: {_summarise(unexpected)}")
         if shapes:
             parts.append(f"  shape mismatches (file != model): {_summarise(shapes)}")
-        parts.append("  Check that the config.json files and the weights come from the same "
-                     "release, or re-download the checkpoint.")
+        parts.append(
+            "  Check that the config.json files and the weights come from the same "
+            "release, or re-download the checkpoint."
+        )
         raise CheckpointError("\n".join(parts))
-    cast = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
-            for k, v in sd.items()}
+    cast = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+        for k, v in sd.items()
+    }
     module.load_state_dict(cast, strict=True, assign=True)
     return module.requires_grad_(False).eval()
 
@@ -211,8 +247,9 @@ def missing_files(root: Path, components: Iterable[str]) -> list[str]:
     """Every required file absent for ``components``, each with what it should contain."""
     out = []
     for rel in dict.fromkeys(f for c in components for f in COMPONENT_FILES[c]):
-        present = (_weights_file(root, rel) is not None if rel in WEIGHT_NAMES
-                   else (root / rel).is_file())
+        present = (
+            _weights_file(root, rel) is not None if rel in WEIGHT_NAMES else (root / rel).is_file()
+        )
         if not present:
             shown = f"{rel}/{WEIGHT_NAMES[rel][0]}" if rel in WEIGHT_NAMES else rel
             out.append(f"{root / shown}: {CONTENTS[rel]}")
@@ -230,8 +267,9 @@ def split_net(sd: StateDict) -> dict[str, StateDict]:
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointError(f"{NET}: unexpected keys outside the five Hallo2 modules: "
-                              f"{_summarise(sorted(unknown))}")
+        raise CheckpointError(
+            f"{NET}: unexpected keys outside the five Hallo2 modules: {_summarise(sorted(unknown))}"
+        )
     return parts
 
 
@@ -251,8 +289,9 @@ def wav2vec_state_dict(sd: StateDict) -> StateDict:
     base = "encoder.pos_conv_embed.conv."
     if base + "weight_g" in sd and base + "weight_v" in sd:
         # weight_norm(dim=2) on the positional conv: fold it so the graph holds plain weights.
-        sd[base + "weight"] = fold_weight_norm(sd.pop(base + "weight_g"),
-                                               sd.pop(base + "weight_v"), dim=2)
+        sd[base + "weight"] = fold_weight_norm(
+            sd.pop(base + "weight_g"), sd.pop(base + "weight_v"), dim=2
+        )
     return sd
 
 
@@ -261,8 +300,10 @@ def motion_config_from_net(den: StateDict) -> MotionConfig:
     to_k = next((v for k, v in den.items() if k.endswith("attn2_0.to_k.weight")), None)
     pe = next((v for k, v in den.items() if k.endswith("pos_encoder.pe")), None)
     if to_k is None or pe is None:
-        raise CheckpointError(f"{NET}: the denoising_unet has no audio or motion modules; this is "
-                              "not a Hallo2 checkpoint")
+        raise CheckpointError(
+            f"{NET}: the denoising_unet has no audio or motion modules; this is "
+            "not a Hallo2 checkpoint"
+        )
     return MotionConfig(audio_attention_dim=to_k.shape[1], motion_pe_max_len=pe.shape[1])
 
 
@@ -278,8 +319,9 @@ class Pretrained:
         return self.modules[name]
 
 
-def load_pretrained(root: str | Path, components: Iterable[str] | None = None,
-                    dtype: torch.dtype = torch.float32) -> Pretrained:
+def load_pretrained(
+    root: str | Path, components: Iterable[str] | None = None, dtype: torch.dtype = torch.float32
+) -> Pretrained:
     """Load ``components`` (default: all of ``COMPONENTS``) from an official pretrained_models/.
 
     Every missing file for the request is reported in one ``CheckpointError`` before any weight
@@ -292,12 +334,15 @@ def load_pretrained(root: str | Path, components: Iterable[str] | None = None,
     if unknown:
         raise ValueError(f"unknown components {unknown}; known: {', '.join(COMPONENTS)}")
     if not root.is_dir():
-        raise CheckpointError(f"checkpoint directory {root} does not exist: point it at the "
-                              "official pretrained_models/ folder")
+        raise CheckpointError(
+            f"checkpoint directory {root} does not exist: point it at the "
+            "official pretrained_models/ folder"
+        )
     missing = missing_files(root, names)
     if missing:
-        raise CheckpointError(f"{len(missing)} required file(s) missing under {root}:\n  "
-                              + "\n  ".join(missing))
+        raise CheckpointError(
+            f"{len(missing)} required file(s) missing under {root}:\n  " + "\n  ".join(missing)
+        )
     sds, files, cfg = _read_sources(root, names)
     out = Pretrained(config=cfg, files=files)
     for name in names:
@@ -308,15 +353,17 @@ def load_pretrained(root: str | Path, components: Iterable[str] | None = None,
     return out
 
 
-def _read_sources(root: Path, names: list[str]) -> tuple[dict[str, StateDict], dict[str, str],
-                                                          ModelConfig]:
+def _read_sources(
+    root: Path, names: list[str]
+) -> tuple[dict[str, StateDict], dict[str, str], ModelConfig]:
     """Read each needed file once; derive the ModelConfig; return per-component state dicts."""
     sds: dict[str, StateDict] = {}
     files: dict[str, str] = {}
     cfg_kw: dict = {}
     if "audio_proj" in names or "audio_encoder" in names:
-        cfg_kw["wav2vec"] = Wav2Vec2Config.from_json(_read_json(
-            root / WAV2VEC_DIR / "config.json", CONTENTS[f"{WAV2VEC_DIR}/config.json"]))
+        cfg_kw["wav2vec"] = Wav2Vec2Config.from_json(
+            _read_json(root / WAV2VEC_DIR / "config.json", CONTENTS[f"{WAV2VEC_DIR}/config.json"])
+        )
     if any(n in NET_COMPONENTS for n in names):
         _read_net(root, "audio_proj" in names, cfg_kw, sds, files)
     if "vae_encoder" in names or "vae_decoder" in names:
@@ -325,11 +372,14 @@ def _read_sources(root: Path, names: list[str]) -> tuple[dict[str, StateDict], d
         path = _weights_file(root, WAV2VEC_DIR)
         sds["audio_encoder"] = wav2vec_state_dict(read_state_dict(path, CONTENTS[WAV2VEC_DIR]))
         files["audio_encoder"] = str(path)
-    for name, rel, make, key in (("face_restorer", NET_G, CodeFormerConfig, "codeformer"),
-                                 ("bg_upsampler", REALESRGAN, RRDBConfig, "rrdb")):
+    for name, rel, make, key in (
+        ("face_restorer", NET_G, CodeFormerConfig, "codeformer"),
+        ("bg_upsampler", REALESRGAN, RRDBConfig, "rrdb"),
+    ):
         if name in names:
-            sd = _unwrap(read_state_dict(root / rel, CONTENTS[rel]), root / rel,
-                         ("params_ema", "params"))
+            sd = _unwrap(
+                read_state_dict(root / rel, CONTENTS[rel]), root / rel, ("params_ema", "params")
+            )
             cfg_kw[key] = make.from_state_dict(sd)
             sds[name], files[name] = sd, str(root / rel)
     return sds, files, ModelConfig(**cfg_kw)
@@ -340,19 +390,26 @@ def _read_net(root: Path, audio: bool, cfg_kw: dict, sds: dict, files: dict) -> 
     cfg_kw["unet"] = UNetConfig.from_json(_read_json(root / UNET_CONFIG, CONTENTS[UNET_CONFIG]))
     parts = split_net(read_state_dict(root / NET, CONTENTS[NET]))
     cfg_kw["motion"] = motion_config_from_net(parts["denoising_unet"])
-    heads = {f"{p}.{k}": v for p in ("face_locator", "imageproj", "audioproj")
-             for k, v in parts[p].items()}
+    heads = {
+        f"{p}.{k}": v
+        for p in ("face_locator", "imageproj", "audioproj")
+        for k, v in parts[p].items()
+    }
     w = cfg_kw.get("wav2vec")
-    cfg_kw["heads"] = (HeadsConfig.from_state_dict(heads, w.num_hidden_layers, w.hidden_size)
-                       if audio else HeadsConfig.from_state_dict(heads))
+    cfg_kw["heads"] = (
+        HeadsConfig.from_state_dict(heads, w.num_hidden_layers, w.hidden_size)
+        if audio
+        else HeadsConfig.from_state_dict(heads)
+    )
     for n, prefix in NET_COMPONENTS.items():
         sds[n], files[n] = parts[prefix], str(root / NET)
 
 
 def _read_vae(root: Path, cfg_kw: dict, sds: dict, files: dict) -> None:
     """The VAE config and weights, split into the encoder and decoder halves."""
-    cfg_kw["vae"] = VAEConfig.from_json(_read_json(root / VAE_DIR / "config.json",
-                                                   CONTENTS[f"{VAE_DIR}/config.json"]))
+    cfg_kw["vae"] = VAEConfig.from_json(
+        _read_json(root / VAE_DIR / "config.json", CONTENTS[f"{VAE_DIR}/config.json"])
+    )
     path = _weights_file(root, VAE_DIR)
     vae = vae_state_dict(read_state_dict(path, CONTENTS[VAE_DIR]))
     enc = ("encoder.", "quant_conv.")

@@ -67,20 +67,50 @@ class UNetConfig:
         c = "UNetConfig"
         _check(n >= 2, c, "block_out_channels", self.block_out_channels, "need >= 2 levels")
         for ch in self.block_out_channels:
-            _check(ch % self.norm_num_groups == 0, c, "block_out_channels", ch,
-                   f"not divisible by norm_num_groups={self.norm_num_groups}")
-            _check(ch % self.attention_head_dim == 0, c, "block_out_channels", ch,
-                   f"not divisible by the head count attention_head_dim={self.attention_head_dim}")
-        _check(len(self.down_block_types) == n, c, "down_block_types", self.down_block_types,
-               f"need one per level ({n})")
-        _check(len(self.up_block_types) == n, c, "up_block_types", self.up_block_types,
-               f"need one per level ({n})")
+            _check(
+                ch % self.norm_num_groups == 0,
+                c,
+                "block_out_channels",
+                ch,
+                f"not divisible by norm_num_groups={self.norm_num_groups}",
+            )
+            _check(
+                ch % self.attention_head_dim == 0,
+                c,
+                "block_out_channels",
+                ch,
+                f"not divisible by the head count attention_head_dim={self.attention_head_dim}",
+            )
+        _check(
+            len(self.down_block_types) == n,
+            c,
+            "down_block_types",
+            self.down_block_types,
+            f"need one per level ({n})",
+        )
+        _check(
+            len(self.up_block_types) == n,
+            c,
+            "up_block_types",
+            self.up_block_types,
+            f"need one per level ({n})",
+        )
         for t in self.down_block_types:
-            _check(t in ("CrossAttnDownBlock2D", "DownBlock2D"), c, "down_block_types", t,
-                   "unsupported block type")
+            _check(
+                t in ("CrossAttnDownBlock2D", "DownBlock2D"),
+                c,
+                "down_block_types",
+                t,
+                "unsupported block type",
+            )
         for t in self.up_block_types:
-            _check(t in ("CrossAttnUpBlock2D", "UpBlock2D"), c, "up_block_types", t,
-                   "unsupported block type")
+            _check(
+                t in ("CrossAttnUpBlock2D", "UpBlock2D"),
+                c,
+                "up_block_types",
+                t,
+                "unsupported block type",
+            )
         _check(self.layers_per_block >= 1, c, "layers_per_block", self.layers_per_block, ">= 1")
 
     @property
@@ -111,13 +141,17 @@ class UNetConfig:
         }
         for key, want in unsupported.items():
             if key in cfg and cfg[key] != want:
-                raise ConfigError(f"unet config.json: {key} = {cfg[key]!r} is not supported "
-                                  f"(Hallo2 uses {want!r})")
+                raise ConfigError(
+                    f"unet config.json: {key} = {cfg[key]!r} is not supported "
+                    f"(Hallo2 uses {want!r})"
+                )
         heads = cfg.get("attention_head_dim", 8)
         if isinstance(heads, list | tuple):
             if len(set(heads)) != 1:
-                raise ConfigError(f"unet config.json: attention_head_dim = {heads!r}: per-level "
-                                  "head counts are not supported")
+                raise ConfigError(
+                    f"unet config.json: attention_head_dim = {heads!r}: per-level "
+                    "head counts are not supported"
+                )
             heads = heads[0]
         return cls(
             in_channels=int(cfg.get("in_channels", 4)),
@@ -162,20 +196,26 @@ class MotionConfig:
     """Hallo2 additions to the denoiser (official ``unet_additional_kwargs`` and net.pth shapes)."""
 
     audio_attention_dim: int = 768  # width of the audio tokens (read from attn2_0.to_k in net.pth)
-    motion_heads: int = 8  # temporal attention heads (official motion_module_kwargs; no shape shows it)
+    motion_heads: int = (
+        8  # temporal attention heads (official motion_module_kwargs; no shape shows it)
+    )
     motion_pe_max_len: int = 32  # rows of each pos_encoder.pe table (read from net.pth)
     motion_norm_groups: int = 32  # GroupNorm groups of the motion modules (AnimateDiff default)
 
     def __post_init__(self) -> None:
         c = "MotionConfig"
-        for name in ("audio_attention_dim", "motion_heads", "motion_pe_max_len",
-                     "motion_norm_groups"):
+        for name in (
+            "audio_attention_dim",
+            "motion_heads",
+            "motion_pe_max_len",
+            "motion_norm_groups",
+        ):
             _check(getattr(self, name) > 0, c, name, getattr(self, name), "must be > 0")
 
 
 @dataclass(frozen=True)
 class HeadsConfig:
-    """FaceLocator, ImageProjModel and AudioProjModel (official kwargs; dims from net.pth shapes)."""
+    """FaceLocator, ImageProjModel and AudioProjModel (official kwargs; net.pth shapes)."""
 
     face_locator_channels: tuple[int, ...] = (16, 32, 64, 128)  # FaceLocator block widths
     face_locator_out: int = 320  # conditioning channels (= the denoiser's first width)
@@ -189,21 +229,36 @@ class HeadsConfig:
     token_dim: int = 768  # width of image and audio tokens (cross_attention / audio_attention dim)
 
     def __post_init__(self) -> None:
-        for name in ("face_locator_out", "image_embed_dim", "image_tokens", "audio_window",
-                     "audio_blocks", "audio_channels", "audio_intermediate", "audio_tokens",
-                     "token_dim"):
+        for name in (
+            "face_locator_out",
+            "image_embed_dim",
+            "image_tokens",
+            "audio_window",
+            "audio_blocks",
+            "audio_channels",
+            "audio_intermediate",
+            "audio_tokens",
+            "token_dim",
+        ):
             _check(getattr(self, name) > 0, "HeadsConfig", name, getattr(self, name), "> 0")
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, Any], audio_blocks: int | None = None,
-                        audio_channels: int | None = None) -> HeadsConfig:
+    def from_state_dict(
+        cls,
+        sd: Mapping[str, Any],
+        audio_blocks: int | None = None,
+        audio_channels: int | None = None,
+    ) -> HeadsConfig:
         """Read the head dims from net.pth tensors (``face_locator.``/``imageproj.``/
         ``audioproj.`` keys). The audio window needs the wav2vec depth and width; without them
         the audio fields keep their defaults (for runs that do not build the AudioProj)."""
-        n_blocks = sum(1 for k in sd if k.startswith("face_locator.blocks.") and
-                       k.endswith(".weight"))  # pairs of (same-width, stride-2) convs
-        fl = [_shape(sd, f"face_locator.blocks.{i}.weight", "face locator widths")[0]
-              for i in range(1, n_blocks, 2)]
+        n_blocks = sum(
+            1 for k in sd if k.startswith("face_locator.blocks.") and k.endswith(".weight")
+        )  # pairs of (same-width, stride-2) convs
+        fl = [
+            _shape(sd, f"face_locator.blocks.{i}.weight", "face locator widths")[0]
+            for i in range(1, n_blocks, 2)
+        ]
         conv_in = _shape(sd, "face_locator.conv_in.weight", "face locator width")[0]
         out = _shape(sd, "face_locator.conv_out.weight", "face locator output")[0]
         proj = _shape(sd, "imageproj.proj.weight", "image projection")
@@ -217,13 +272,23 @@ class HeadsConfig:
                 raise ConfigError(
                     f"audioproj.proj1.weight has {p1[1]} inputs, not a multiple of wav2vec layers "
                     f"x width = {audio_blocks} x {audio_channels}: net.pth and the wav2vec "
-                    "config.json do not belong together")
-            kw = dict(audio_window=window, audio_blocks=audio_blocks,
-                      audio_channels=audio_channels, audio_intermediate=p1[0],
-                      audio_tokens=p3[0] // token_dim)
-        return cls(face_locator_channels=(conv_in, *fl), face_locator_out=out,
-                   image_embed_dim=proj[1], image_tokens=proj[0] // token_dim,
-                   token_dim=token_dim, **kw)
+                    "config.json do not belong together"
+                )
+            kw = dict(
+                audio_window=window,
+                audio_blocks=audio_blocks,
+                audio_channels=audio_channels,
+                audio_intermediate=p1[0],
+                audio_tokens=p3[0] // token_dim,
+            )
+        return cls(
+            face_locator_channels=(conv_in, *fl),
+            face_locator_out=out,
+            image_embed_dim=proj[1],
+            image_tokens=proj[0] // token_dim,
+            token_dim=token_dim,
+            **kw,
+        )
 
 
 @dataclass(frozen=True)
@@ -240,8 +305,13 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         for ch in self.block_out_channels:
-            _check(ch % self.norm_num_groups == 0, "VAEConfig", "block_out_channels", ch,
-                   f"not divisible by norm_num_groups={self.norm_num_groups}")
+            _check(
+                ch % self.norm_num_groups == 0,
+                "VAEConfig",
+                "block_out_channels",
+                ch,
+                f"not divisible by norm_num_groups={self.norm_num_groups}",
+            )
         _check(self.scaling_factor > 0, "VAEConfig", "scaling_factor", self.scaling_factor, "> 0")
 
     @classmethod
@@ -302,20 +372,35 @@ class Wav2Vec2Config:
         n = len(self.conv_dim)
         _check(len(self.conv_kernel) == n, c, "conv_kernel", self.conv_kernel, "one per conv")
         _check(len(self.conv_stride) == n, c, "conv_stride", self.conv_stride, "one per conv")
-        _check(self.hidden_size % self.num_attention_heads == 0, c, "hidden_size",
-               self.hidden_size, f"not divisible by {self.num_attention_heads} heads")
-        _check(self.hidden_size % self.num_conv_pos_embedding_groups == 0, c,
-               "num_conv_pos_embedding_groups", self.num_conv_pos_embedding_groups,
-               "must divide hidden_size")
+        _check(
+            self.hidden_size % self.num_attention_heads == 0,
+            c,
+            "hidden_size",
+            self.hidden_size,
+            f"not divisible by {self.num_attention_heads} heads",
+        )
+        _check(
+            self.hidden_size % self.num_conv_pos_embedding_groups == 0,
+            c,
+            "num_conv_pos_embedding_groups",
+            self.num_conv_pos_embedding_groups,
+            "must divide hidden_size",
+        )
 
     @classmethod
     def from_json(cls, cfg: Mapping[str, Any]) -> Wav2Vec2Config:
-        fixed = {"feat_extract_norm": "group", "do_stable_layer_norm": False,
-                 "hidden_act": "gelu", "feat_extract_activation": "gelu"}
+        fixed = {
+            "feat_extract_norm": "group",
+            "do_stable_layer_norm": False,
+            "hidden_act": "gelu",
+            "feat_extract_activation": "gelu",
+        }
         for key, want in fixed.items():
             if key in cfg and cfg[key] != want:
-                raise ConfigError(f"wav2vec2 config.json: {key} = {cfg[key]!r} is not supported "
-                                  f"(wav2vec2-base uses {want!r})")
+                raise ConfigError(
+                    f"wav2vec2 config.json: {key} = {cfg[key]!r} is not supported "
+                    f"(wav2vec2-base uses {want!r})"
+                )
         return cls(
             conv_dim=tuple(int(x) for x in cfg["conv_dim"]),
             conv_kernel=tuple(int(x) for x in cfg["conv_kernel"]),
@@ -375,16 +460,33 @@ class CodeFormerConfig:
         c = "CodeFormerConfig"
         _check(self.dim_embd % self.n_head == 0, c, "n_head", self.n_head, "must divide dim_embd")
         side = self.img_size // 2 ** (len(self.ch_mult) - 1)
-        _check(side * side == self.latent_size, c, "latent_size", self.latent_size,
-               f"must equal ({self.img_size} / 2^{len(self.ch_mult) - 1})^2 = {side * side}")
-        _check(side == self.attn_resolution, c, "attn_resolution", self.attn_resolution,
-               f"attention sits at the bottom level ({side})")
+        _check(
+            side * side == self.latent_size,
+            c,
+            "latent_size",
+            self.latent_size,
+            f"must equal ({self.img_size} / 2^{len(self.ch_mult) - 1})^2 = {side * side}",
+        )
+        _check(
+            side == self.attn_resolution,
+            c,
+            "attn_resolution",
+            self.attn_resolution,
+            f"attention sits at the bottom level ({side})",
+        )
         for size in self.connect_list:
-            _check(size in self.channels and int(size) > self.attn_resolution, c, "connect_list",
-                   self.connect_list, f"fused resolutions must lie between {self.attn_resolution} "
-                   f"(exclusive) and {self.img_size}")
+            _check(
+                size in self.channels and int(size) > self.attn_resolution,
+                c,
+                "connect_list",
+                self.connect_list,
+                f"fused resolutions must lie between {self.attn_resolution} "
+                f"(exclusive) and {self.img_size}",
+            )
         for ch in (self.nf * m for m in self.ch_mult):
-            _check(ch % 32 == 0, c, "nf", self.nf, f"width {ch} not divisible by 32 GroupNorm groups")
+            _check(
+                ch % 32 == 0, c, "nf", self.nf, f"width {ch} not divisible by 32 GroupNorm groups"
+            )
 
     @property
     def channels(self) -> dict[str, int]:
@@ -398,8 +500,9 @@ class CodeFormerConfig:
     def from_state_dict(cls, sd: Mapping[str, Any]) -> CodeFormerConfig:
         """Infer widths from net_g.pth: encoder block i of level l sits at 1 + 3*l (see vqgan)."""
         nf = _shape(sd, "encoder.blocks.0.weight", "CodeFormer width")[0]
-        levels = 1 + sum(1 for k in sd if k.startswith("encoder.blocks.") and k.endswith(
-            ".conv.weight"))  # one downsample conv between consecutive levels
+        levels = 1 + sum(
+            1 for k in sd if k.startswith("encoder.blocks.") and k.endswith(".conv.weight")
+        )  # one downsample conv between consecutive levels
         mult = []
         for lvl in range(levels):
             key = f"encoder.blocks.{1 + 3 * lvl}.conv1.weight"
@@ -408,9 +511,16 @@ class CodeFormerConfig:
         code = _shape(sd, "quantize.embedding.weight", "CodeFormer codebook")
         n_layers = sum(1 for k in sd if k.startswith("ft_layers.") and k.endswith(".norm1.weight"))
         connect = sorted({k.split(".")[1] for k in sd if k.startswith("fuse_convs_dict.")}, key=int)
-        return cls(nf=nf, ch_mult=tuple(mult), emb_dim=code[1], codebook_size=code[0],
-                   dim_embd=pos[1], latent_size=pos[0], n_layers=n_layers,
-                   connect_list=tuple(connect))
+        return cls(
+            nf=nf,
+            ch_mult=tuple(mult),
+            emb_dim=code[1],
+            codebook_size=code[0],
+            dim_embd=pos[1],
+            latent_size=pos[0],
+            n_layers=n_layers,
+            connect_list=tuple(connect),
+        )
 
 
 @dataclass(frozen=True)
@@ -433,13 +543,19 @@ class RRDBConfig:
         in_ch = first[1]
         scale = {3: 4, 12: 2, 48: 1}.get(in_ch)
         if scale is None:
-            raise ConfigError(f"conv_first.weight has {in_ch} input channels; expected 3 (x4), "
-                              "12 (x2) or 48 (x1) for a 3-channel RealESRGAN")
+            raise ConfigError(
+                f"conv_first.weight has {in_ch} input channels; expected 3 (x4), "
+                "12 (x2) or 48 (x1) for a 3-channel RealESRGAN"
+            )
         blocks = sum(1 for k in sd if k.startswith("body.") and k.endswith(".rdb1.conv1.weight"))
-        return cls(scale=scale, num_in_ch=3,
-                   num_out_ch=_shape(sd, "conv_last.weight", "RRDBNet output")[0],
-                   num_feat=first[0], num_block=blocks,
-                   num_grow_ch=_shape(sd, "body.0.rdb1.conv1.weight", "RRDB growth")[0])
+        return cls(
+            scale=scale,
+            num_in_ch=3,
+            num_out_ch=_shape(sd, "conv_last.weight", "RRDBNet output")[0],
+            num_feat=first[0],
+            num_block=blocks,
+            num_grow_ch=_shape(sd, "body.0.rdb1.conv1.weight", "RRDB growth")[0],
+        )
 
 
 @dataclass(frozen=True)

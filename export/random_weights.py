@@ -1,4 +1,4 @@
-"""Seeded random checkpoints in the official ``pretrained_models/`` layout (tests, demo, benchmarks).
+"""Seeded random checkpoints in the official ``pretrained_models/`` layout (tests, demo, bench).
 
 ``official_layout(cfg)`` says, without allocating a weight, which files the official release
 holds and every key and shape in them; ``make_random_pretrained`` fills that layout with seeded
@@ -39,9 +39,15 @@ SD_UNET_WEIGHTS = "stable-diffusion-v1-5/unet/diffusion_pytorch_model.safetensor
 MOTION_MODULE = "motion_module/mm_sd_v15_v2.ckpt"
 VAE_WEIGHTS = f"{VAE_DIR}/diffusion_pytorch_model.safetensors"
 WAV2VEC_WEIGHTS = f"{WAV2VEC_DIR}/model.safetensors"
-WAV2VEC_PREPROCESSOR = {"do_normalize": True, "feature_extractor_type": "Wav2Vec2FeatureExtractor",
-                        "feature_size": 1, "padding_side": "right", "padding_value": 0.0,
-                        "return_attention_mask": False, "sampling_rate": 16000}
+WAV2VEC_PREPROCESSOR = {
+    "do_normalize": True,
+    "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+    "feature_size": 1,
+    "padding_side": "right",
+    "padding_value": 0.0,
+    "return_attention_mask": False,
+    "sampling_rate": 16000,
+}
 LEGACY_VAE = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
 
@@ -53,15 +59,29 @@ def tiny_config() -> ModelConfig:
     return ModelConfig(
         unet=UNetConfig(block_out_channels=(32, 64, 64, 64), cross_attention_dim=32),
         motion=MotionConfig(audio_attention_dim=32),
-        heads=HeadsConfig(face_locator_channels=(8, 16, 16, 32), face_locator_out=32,
-                          image_embed_dim=64, audio_blocks=2, audio_channels=32,
-                          audio_intermediate=64, audio_tokens=8, token_dim=32),
+        heads=HeadsConfig(
+            face_locator_channels=(8, 16, 16, 32),
+            face_locator_out=32,
+            image_embed_dim=64,
+            audio_blocks=2,
+            audio_channels=32,
+            audio_intermediate=64,
+            audio_tokens=8,
+            token_dim=32,
+        ),
         vae=VAEConfig(block_out_channels=(32, 32, 64, 64)),
-        wav2vec=Wav2Vec2Config(conv_dim=(32,) * 7, hidden_size=32, num_hidden_layers=2,
-                               num_attention_heads=4, intermediate_size=64,
-                               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
-        codeformer=CodeFormerConfig(nf=32, ch_mult=(1, 1, 1, 1, 1, 2), emb_dim=32,
-                                    codebook_size=64, dim_embd=64, n_layers=2),
+        wav2vec=Wav2Vec2Config(
+            conv_dim=(32,) * 7,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
+        codeformer=CodeFormerConfig(
+            nf=32, ch_mult=(1, 1, 1, 1, 1, 2), emb_dim=32, codebook_size=64, dim_embd=64, n_layers=2
+        ),
         rrdb=RRDBConfig(num_feat=16, num_block=2, num_grow_ch=8),
     )
 
@@ -90,8 +110,9 @@ def _meta_shapes(name: str, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def official_layout(cfg: ModelConfig, legacy_vae_names: bool = True,
-                    include_unused: bool = True) -> list[FileSpec]:
+def official_layout(
+    cfg: ModelConfig, legacy_vae_names: bool = True, include_unused: bool = True
+) -> list[FileSpec]:
     """Files, keys and shapes of the official layout for ``cfg``, built on the meta device.
 
     ``include_unused`` adds the SD1.5 UNet weights and the AnimateDiff motion module, which the
@@ -106,17 +127,25 @@ def official_layout(cfg: ModelConfig, legacy_vae_names: bool = True,
     if legacy_vae_names:
         vae = {_legacy_vae_key(k): s for k, s in vae.items()}
     w = cfg.wav2vec
-    w2v = {f"wav2vec2.{k}": s for k, s in _meta_shapes("audio_encoder", cfg).items()
-           if k != "encoder.pos_conv_embed.conv.weight"}
+    w2v = {
+        f"wav2vec2.{k}": s
+        for k, s in _meta_shapes("audio_encoder", cfg).items()
+        if k != "encoder.pos_conv_embed.conv.weight"
+    }
     k_pos = w.num_conv_pos_embeddings
-    w2v.update({
-        "wav2vec2.encoder.pos_conv_embed.conv.weight_g": (1, 1, k_pos),
-        "wav2vec2.encoder.pos_conv_embed.conv.weight_v":
-            (w.hidden_size, w.hidden_size // w.num_conv_pos_embedding_groups, k_pos),
-        "wav2vec2.masked_spec_embed": (w.hidden_size,),
-        "lm_head.weight": (32, w.hidden_size),
-        "lm_head.bias": (32,),
-    })
+    w2v.update(
+        {
+            "wav2vec2.encoder.pos_conv_embed.conv.weight_g": (1, 1, k_pos),
+            "wav2vec2.encoder.pos_conv_embed.conv.weight_v": (
+                w.hidden_size,
+                w.hidden_size // w.num_conv_pos_embedding_groups,
+                k_pos,
+            ),
+            "wav2vec2.masked_spec_embed": (w.hidden_size,),
+            "lm_head.weight": (32, w.hidden_size),
+            "lm_head.bias": (32,),
+        }
+    )
     files = [
         FileSpec(NET, "torch", None, net),
         FileSpec(VAE_WEIGHTS, "safetensors", None, vae),
@@ -127,13 +156,21 @@ def official_layout(cfg: ModelConfig, legacy_vae_names: bool = True,
     if cfg.rrdb is not None:
         files.append(FileSpec(REALESRGAN, "torch", "params_ema", _meta_shapes("bg_upsampler", cfg)))
     if include_unused:
-        ref = {k[len("reference_unet."):]: s for k, s in net.items()
-               if k.startswith("reference_unet.")}
-        head = {k[len("denoising_unet."):]: s for k, s in net.items()
-                if k.startswith(("denoising_unet.conv_norm_out", "denoising_unet.conv_out"))}
-        mm = {k[len("denoising_unet."):]: s for k, s in net.items() if ".motion_modules." in k}
-        files += [FileSpec(SD_UNET_WEIGHTS, "safetensors", None, {**ref, **head}),
-                  FileSpec(MOTION_MODULE, "torch", None, mm)]
+        ref = {
+            k[len("reference_unet.") :]: s
+            for k, s in net.items()
+            if k.startswith("reference_unet.")
+        }
+        head = {
+            k[len("denoising_unet.") :]: s
+            for k, s in net.items()
+            if k.startswith(("denoising_unet.conv_norm_out", "denoising_unet.conv_out"))
+        }
+        mm = {k[len("denoising_unet.") :]: s for k, s in net.items() if ".motion_modules." in k}
+        files += [
+            FileSpec(SD_UNET_WEIGHTS, "safetensors", None, {**ref, **head}),
+            FileSpec(MOTION_MODULE, "torch", None, mm),
+        ]
     return files
 
 
@@ -145,8 +182,9 @@ def _legacy_vae_key(key: str) -> str:
     return key
 
 
-def _random_tensor(key: str, shape: tuple[int, ...], gen: torch.Generator,
-                   dtype: torch.dtype) -> torch.Tensor:
+def _random_tensor(
+    key: str, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype
+) -> torch.Tensor:
     """Scaled so activations stay O(1) through deep stacks; never zero."""
     if key.endswith("pos_encoder.pe"):
         return _PositionalEncoding(shape[2], shape[1]).pe.to(dtype)  # the real table
@@ -164,9 +202,14 @@ def _key_seed(seed: int, path: str, key: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(f"{path}:{key}".encode())) % (2**63)
 
 
-def make_random_pretrained(root: str | Path, size: str = "tiny", seed: int = 0,
-                           dtype: torch.dtype = torch.float32, include_unused: bool | None = None,
-                           legacy_vae_names: bool | None = None) -> ModelConfig:
+def make_random_pretrained(
+    root: str | Path,
+    size: str = "tiny",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    include_unused: bool | None = None,
+    legacy_vae_names: bool | None = None,
+) -> ModelConfig:
     """Write a complete official-layout tree of seeded random weights under ``root``.
 
     ``size``: "tiny" (seconds on CPU) or "full" (the released shapes, ~12 GB in fp32).

@@ -22,16 +22,21 @@ NOT_BUILT_EXIT = 2
 
 
 def _not_built(name: str) -> int:
-    print(f"hallo2rt {name}: not built yet. This subcommand belongs to a later milestone; "
-          "today hallo2rt provides checkpoint loading and the PyTorch modules "
-          "(hallo2rt.export.load_pretrained).", file=sys.stderr)
+    print(
+        f"hallo2rt {name}: not built yet. This subcommand belongs to a later milestone; "
+        "today hallo2rt provides checkpoint loading and the PyTorch modules "
+        "(hallo2rt.export.load_pretrained).",
+        file=sys.stderr,
+    )
     return NOT_BUILT_EXIT
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hallo2rt", description="Deploy Hallo2 portrait animation fast.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="hallo2rt",
+        description="Deploy Hallo2 portrait animation fast.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in SUBCOMMANDS.items():
@@ -41,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     return _not_built(args.command)
 
 

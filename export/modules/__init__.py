@@ -49,7 +49,21 @@ def build_module(name: str, cfg: ModelConfig) -> nn.Module:
 
 
 __all__ = [
-    "AudioProj", "CodeFormer", "COMPONENTS", "Denoiser", "FaceLocator", "ImageProj", "RRDBNet",
-    "ReferenceNet", "VAEDecoder", "VAEEncoder", "Wav2Vec2", "audio_windows", "build_module",
-    "frames_for_samples", "normalize_waveform", "reference_tokens_official", "split_reference_bank",
+    "AudioProj",
+    "CodeFormer",
+    "COMPONENTS",
+    "Denoiser",
+    "FaceLocator",
+    "ImageProj",
+    "RRDBNet",
+    "ReferenceNet",
+    "VAEDecoder",
+    "VAEEncoder",
+    "Wav2Vec2",
+    "audio_windows",
+    "build_module",
+    "frames_for_samples",
+    "normalize_waveform",
+    "reference_tokens_official",
+    "split_reference_bank",
 ]

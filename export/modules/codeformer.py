@@ -47,8 +47,9 @@ class _AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         t = self.norm(x)
-        q, k, v = (p(t).reshape(n, 1, c, h * w).transpose(2, 3)
-                   for p in (self.q, self.k, self.v))  # (N, 1, HW, C)
+        q, k, v = (
+            p(t).reshape(n, 1, c, h * w).transpose(2, 3) for p in (self.q, self.k, self.v)
+        )  # (N, 1, HW, C)
         out = F.scaled_dot_product_attention(q, k, v).transpose(2, 3).reshape(n, c, h, w)
         return x + self.proj_out(out)
 
@@ -134,8 +135,10 @@ class _MHA(nn.Module):
         bq, bk, bv = self.in_proj_bias.chunk(3)
         length, n, e = q_in.shape
         h = self.heads
-        q, k, v = (F.linear(x, w, b).reshape(length, n, h, e // h).permute(1, 2, 0, 3)
-                   for x, w, b in ((q_in, wq, bq), (k_in, wk, bk), (v_in, wv, bv)))  # (N,h,L,d)
+        q, k, v = (
+            F.linear(x, w, b).reshape(length, n, h, e // h).permute(1, 2, 0, 3)
+            for x, w, b in ((q_in, wq, bq), (k_in, wk, bk), (v_in, wv, bv))
+        )  # (N,h,L,d)
         out = F.scaled_dot_product_attention(q, k, v).permute(2, 0, 1, 3).reshape(length, n, e)
         return self.out_proj(out)
 
@@ -178,10 +181,12 @@ class _Fuse(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
         self.encode_enc = _ResBlock(2 * ch, ch)
-        self.scale = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2),
-                                   nn.Conv2d(ch, ch, 3, padding=1))
-        self.shift = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2),
-                                   nn.Conv2d(ch, ch, 3, padding=1))
+        self.scale = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, 3, padding=1)
+        )
+        self.shift = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, 3, padding=1)
+        )
 
     def forward(self, enc: torch.Tensor, dec: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         e = self.encode_enc(torch.cat([enc, dec], dim=1))
@@ -196,10 +201,12 @@ class _Quantize(nn.Module):
 
 def _adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """AdaIN with the official unbiased variance: (N, C, H, W) each."""
+
     def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.flatten(2)
         return flat.mean(-1)[..., None, None], (flat.var(-1, unbiased=True) + eps).sqrt()[
-            ..., None, None]
+            ..., None, None
+        ]
 
     cm, cs = stats(content)
     sm, ss = stats(style)
@@ -221,13 +228,16 @@ class CodeFormer(nn.Module):
         self.generator = _Stack(_vq_blocks(cfg, encoder=False))
         self.position_emb = nn.Parameter(torch.zeros(cfg.latent_size, cfg.dim_embd))
         self.feat_emb = nn.Linear(cfg.emb_dim, cfg.dim_embd)
-        self.ft_layers = nn.ModuleList([
-            _TransformerSALayer(cfg.dim_embd, cfg.n_head, cfg.dim_embd * 2)
-            for _ in range(cfg.n_layers)])
-        self.idx_pred_layer = nn.Sequential(nn.LayerNorm(cfg.dim_embd),
-                                            nn.Linear(cfg.dim_embd, cfg.codebook_size, bias=False))
-        self.fuse_convs_dict = nn.ModuleDict(
-            {s: _Fuse(cfg.channels[s]) for s in cfg.connect_list})
+        self.ft_layers = nn.ModuleList(
+            [
+                _TransformerSALayer(cfg.dim_embd, cfg.n_head, cfg.dim_embd * 2)
+                for _ in range(cfg.n_layers)
+            ]
+        )
+        self.idx_pred_layer = nn.Sequential(
+            nn.LayerNorm(cfg.dim_embd), nn.Linear(cfg.dim_embd, cfg.codebook_size, bias=False)
+        )
+        self.fuse_convs_dict = nn.ModuleDict({s: _Fuse(cfg.channels[s]) for s in cfg.connect_list})
         # Official: skip features leave the encoder after its 2nd resnet of a level; the
         # generator fuses after its 1st resnet of the same level (block indices by resolution).
         self.enc_taps = {self._block_at(s, encoder=True): s for s in cfg.connect_list}
@@ -236,8 +246,10 @@ class CodeFormer(nn.Module):
     def _block_at(self, size: str, encoder: bool) -> int:
         """Index of the block whose output is fused at resolution ``size`` (the official dicts)."""
         blocks = (self.encoder if encoder else self.generator).blocks
-        res, seen = self.cfg.img_size if encoder else self.cfg.img_size >> (
-            len(self.cfg.ch_mult) - 1), 0
+        res, seen = (
+            self.cfg.img_size if encoder else self.cfg.img_size >> (len(self.cfg.ch_mult) - 1),
+            0,
+        )
         for i, blk in enumerate(blocks):
             if isinstance(blk, _ResBlock) and str(res) == size:
                 seen += 1

@@ -86,6 +86,8 @@ def audio_windows(features: torch.Tensor, window: int = 5) -> torch.Tensor:
     """
     n = features.shape[0]
     half = window // 2
-    idx = torch.arange(n, device=features.device)[:, None] + torch.arange(
-        -half, half + 1, device=features.device)[None]
+    idx = (
+        torch.arange(n, device=features.device)[:, None]
+        + torch.arange(-half, half + 1, device=features.device)[None]
+    )
     return features[idx.clamp(0, n - 1)]

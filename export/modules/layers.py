@@ -23,8 +23,15 @@ class Attention(nn.Module):
     exists, and so exporters can see a single attention pattern.
     """
 
-    def __init__(self, dim: int, heads: int, context_dim: int | None = None,
-                 head_dim: int | None = None, bias: bool = False, out_bias: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        context_dim: int | None = None,
+        head_dim: int | None = None,
+        bias: bool = False,
+        out_bias: bool = True,
+    ):
         super().__init__()
         head_dim = head_dim or dim // heads
         inner = heads * head_dim
@@ -71,7 +78,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)])
+        self.net = nn.ModuleList(
+            [GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net[2](self.net[0](x))
@@ -131,8 +140,13 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True,
-                         freq_shift: float = 0.0, max_period: float = 10000.0) -> torch.Tensor:
+def sinusoidal_embedding(
+    t: torch.Tensor,
+    dim: int,
+    flip_sin_to_cos: bool = True,
+    freq_shift: float = 0.0,
+    max_period: float = 10000.0,
+) -> torch.Tensor:
     """diffusers ``get_timestep_embedding``: t (B,) -> (B, dim) fp32."""
     half = dim // 2
     exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)

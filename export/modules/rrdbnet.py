@@ -51,7 +51,7 @@ class RRDBNet(nn.Module):
         super().__init__()
         self.unshuffle = {4: 1, 2: 2, 1: 4}[cfg.scale]
         f, g = cfg.num_feat, cfg.num_grow_ch
-        self.conv_first = nn.Conv2d(cfg.num_in_ch * self.unshuffle ** 2, f, 3, padding=1)
+        self.conv_first = nn.Conv2d(cfg.num_in_ch * self.unshuffle**2, f, 3, padding=1)
         self.body = nn.Sequential(*[_RRDB(f, g) for _ in range(cfg.num_block)])
         self.conv_body = nn.Conv2d(f, f, 3, padding=1)
         self.conv_up1 = nn.Conv2d(f, f, 3, padding=1)

@@ -53,7 +53,7 @@ class TransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Transformer2DModel / Transformer3DModel (conv projections): norm, proj_in, block, proj_out."""
+    """Transformer2D/3DModel (conv projections): norm, proj_in, one block, proj_out."""
 
     def __init__(self, ch: int, heads: int, context_dim: int, groups: int):
         super().__init__()
@@ -94,13 +94,21 @@ class AudioBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, audio: torch.Tensor, masks: Sequence[torch.Tensor],
-                scale: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        audio: torch.Tensor,
+        masks: Sequence[torch.Tensor],
+        scale: torch.Tensor,
+    ) -> torch.Tensor:
         """x (N, L, D); audio (N, T, A); masks 3 x (N, L) [full, face, lip]; scale (3,)."""
         x = self.attn1(self.norm1(x)) + x
         n2 = self.norm2(x)
-        branches = ((self.attn2_0, self.zero_conv_full), (self.attn2_1, self.zero_conv_face),
-                    (self.attn2_2, self.zero_conv_lip))
+        branches = (
+            (self.attn2_0, self.zero_conv_full),
+            (self.attn2_1, self.zero_conv_face),
+            (self.attn2_2, self.zero_conv_lip),
+        )
         for i, (attn, conv) in enumerate(branches):
             y = attn(n2, audio) * masks[i][:, :, None]
             x = x + scale[i] * F.linear(y, conv.weight[:, :, 0, 0], conv.bias)
@@ -117,8 +125,13 @@ class AudioModule(nn.Module):
         self.transformer_blocks = nn.ModuleList([AudioBlock(inner, heads, audio_dim)])
         self.proj_out = nn.Conv2d(inner, ch, 1)
 
-    def forward(self, x: torch.Tensor, audio: torch.Tensor, masks: Sequence[torch.Tensor],
-                scale: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        audio: torch.Tensor,
+        masks: Sequence[torch.Tensor],
+        scale: torch.Tensor,
+    ) -> torch.Tensor:
         n, _, h, w = x.shape
         t = self.proj_in(self.norm(x))
         d = t.shape[1]
@@ -144,8 +157,9 @@ class TemporalAttention(nn.Module):
         x = self.pos_encoder(x)
         s, t, c = x.shape
         h = self.heads
-        q, k, v = (p(x).reshape(s, t, h, c // h).transpose(1, 2)
-                   for p in (self.to_q, self.to_k, self.to_v))  # (S, h, T, C/h)
+        q, k, v = (
+            p(x).reshape(s, t, h, c // h).transpose(1, 2) for p in (self.to_q, self.to_k, self.to_v)
+        )  # (S, h, T, C/h)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(s, t, c)
         return self.to_out[0](out)
 
@@ -156,8 +170,9 @@ class _PositionalEncoding(nn.Module):
     def __init__(self, ch: int, max_len: int):
         super().__init__()
         pos = torch.arange(max_len, dtype=torch.float32)[:, None]
-        div = torch.exp(torch.arange(0, ch, 2, dtype=torch.float32) * (-torch.log(
-            torch.tensor(10000.0)) / ch))
+        div = torch.exp(
+            torch.arange(0, ch, 2, dtype=torch.float32) * (-torch.log(torch.tensor(10000.0)) / ch)
+        )
         pe = torch.zeros(1, max_len, ch)
         pe[0, :, 0::2] = torch.sin(pos * div)
         pe[0, :, 1::2] = torch.cos(pos * div)
@@ -171,7 +186,8 @@ class _TemporalBlock(nn.Module):
     def __init__(self, ch: int, heads: int, max_len: int):
         super().__init__()
         self.attention_blocks = nn.ModuleList(
-            [TemporalAttention(ch, heads, max_len) for _ in range(2)])
+            [TemporalAttention(ch, heads, max_len) for _ in range(2)]
+        )
         self.norms = nn.ModuleList([nn.LayerNorm(ch) for _ in range(2)])
         self.ff = FeedForward(ch)
         self.ff_norm = nn.LayerNorm(ch)
@@ -183,7 +199,8 @@ class _TemporalTransformer(nn.Module):
         self.norm = nn.GroupNorm(cfg.motion_norm_groups, ch, eps=_TF_EPS)
         self.proj_in = nn.Linear(ch, ch)
         self.transformer_blocks = nn.ModuleList(
-            [_TemporalBlock(ch, cfg.motion_heads, cfg.motion_pe_max_len)])
+            [_TemporalBlock(ch, cfg.motion_heads, cfg.motion_pe_max_len)]
+        )
         self.proj_out = nn.Linear(ch, ch)
 
 
@@ -205,8 +222,9 @@ class MotionModule(nn.Module):
         bf, c, h, w = x.shape
         f, m = bf // batch, motion.shape[1]
         if h != w:
-            raise ValueError(f"motion frames need square feature maps (official rearrange), got "
-                             f"{h}x{w}")
+            raise ValueError(
+                f"motion frames need square feature maps (official rearrange), got {h}x{w}"
+            )
         # (B, M, L, C) -> (B, M, C, H, W): the official "b f (d1 d2) c -> b c f d1 d2", square map
         mimg = motion.to(x.dtype).transpose(2, 3).reshape(batch, m, c, h, w)
         full = torch.cat([mimg, x.reshape(batch, f, c, h, w)], dim=1)  # (B, M+F, C, H, W)
@@ -258,17 +276,23 @@ class _UNet(nn.Module):
         self.down_blocks = nn.ModuleList()
         for i in range(n):
             blk = _Block()
-            blk.resnets = nn.ModuleList([ResnetBlock(ch[max(i - 1, 0)] if j == 0 else ch[i], ch[i],
-                                                     g, eps, te)
-                                         for j in range(cfg.layers_per_block)])
+            blk.resnets = nn.ModuleList(
+                [
+                    ResnetBlock(ch[max(i - 1, 0)] if j == 0 else ch[i], ch[i], g, eps, te)
+                    for j in range(cfg.layers_per_block)
+                ]
+            )
             if cfg.down_has_attn[i]:
-                blk.attentions = self._attentions(ch[i], cfg.layers_per_block, f"down_blocks.{i}", i)
+                blk.attentions = self._attentions(
+                    ch[i], cfg.layers_per_block, f"down_blocks.{i}", i
+                )
             if i < n - 1:
                 blk.downsamplers = nn.ModuleList([Downsample(ch[i], cfg.downsample_padding)])
             self.down_blocks.append(blk)
         self.mid_block = _Block()
         self.mid_block.resnets = nn.ModuleList(
-            [ResnetBlock(ch[-1], ch[-1], g, eps, te) for _ in range(2)])
+            [ResnetBlock(ch[-1], ch[-1], g, eps, te) for _ in range(2)]
+        )
         self.mid_block.attentions = self._attentions(ch[-1], 1, "mid_block", n - 1)
         self.up_blocks = nn.ModuleList()
         rev = tuple(reversed(ch))
@@ -276,9 +300,18 @@ class _UNet(nn.Module):
             prev, out, skip_in = rev[max(i - 1, 0)], rev[i], rev[min(i + 1, n - 1)]
             blk = _Block()
             layers = cfg.layers_per_block + 1
-            blk.resnets = nn.ModuleList([
-                ResnetBlock((prev if j == 0 else out) + (skip_in if j == layers - 1 else out), out,
-                            g, eps, te) for j in range(layers)])
+            blk.resnets = nn.ModuleList(
+                [
+                    ResnetBlock(
+                        (prev if j == 0 else out) + (skip_in if j == layers - 1 else out),
+                        out,
+                        g,
+                        eps,
+                        te,
+                    )
+                    for j in range(layers)
+                ]
+            )
             if cfg.up_has_attn[i]:
                 blk.attentions = self._attentions(out, layers, f"up_blocks.{i}", n - 1 - i)
             if i < n - 1:
@@ -289,24 +322,33 @@ class _UNet(nn.Module):
         cfg = self.cfg
         self.hooked_blocks += [f"{prefix}.attentions.{j}" for j in range(count)]
         self.hooked_levels += [level] * count
-        return nn.ModuleList([SpatialTransformer(ch, cfg.attention_head_dim,
-                                                 cfg.cross_attention_dim, cfg.norm_num_groups)
-                              for _ in range(count)])
+        return nn.ModuleList(
+            [
+                SpatialTransformer(
+                    ch, cfg.attention_head_dim, cfg.cross_attention_dim, cfg.norm_num_groups
+                )
+                for _ in range(count)
+            ]
+        )
 
     def hooked_shapes(self, latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
         """(L, C) of each bank entry, in ``hooked_blocks`` order, for a latent of that size."""
-        return [((latent_hw[0] >> lv) * (latent_hw[1] >> lv), self.cfg.block_out_channels[lv])
-                for lv in self.hooked_levels]
+        return [
+            ((latent_hw[0] >> lv) * (latent_hw[1] >> lv), self.cfg.block_out_channels[lv])
+            for lv in self.hooked_levels
+        ]
 
     def time_embed(self, timestep: torch.Tensor) -> torch.Tensor:
         """timestep () or (1,) -> (1, 4*C0); one value for every row, as in the official calls."""
         cfg = self.cfg
-        t = sinusoidal_embedding(timestep.reshape(-1)[:1], cfg.block_out_channels[0],
-                                 cfg.flip_sin_to_cos, cfg.freq_shift)
+        t = sinusoidal_embedding(
+            timestep.reshape(-1)[:1], cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift
+        )
         return self.time_embedding(t.to(self.conv_in.weight.dtype))
 
-    def _layer(self, blk: _Block, kind: str, level: int, j: int, x: torch.Tensor,
-               ctx: _Ctx) -> torch.Tensor:
+    def _layer(
+        self, blk: _Block, kind: str, level: int, j: int, x: torch.Tensor, ctx: _Ctx
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def run(self, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
@@ -359,8 +401,9 @@ class ReferenceNet(_UNet):
         t = tb.tail(tb.attn1(n1) + t, ctx.tokens)
         return st.tokens_out(t, x)
 
-    def forward(self, latents: torch.Tensor, timestep: torch.Tensor,
-                tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, latents: torch.Tensor, timestep: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         ctx = _Ctx(temb=self.time_embed(timestep), tokens=tokens)
         self.run(self.conv_in(latents), ctx)
         return tuple(ctx.bank)
@@ -376,7 +419,8 @@ def reference_tokens_official(tokens: torch.Tensor, copies: int = 3) -> torch.Te
 
 
 def split_reference_bank(entry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Official bank entry (2*S, L, C), rows [r, m1.., r, m1..] -> (ref (2, L, C), motion (2, S-1, L, C)).
+    """Official bank entry (2S, L, C), rows [r, m1.., r, m1..] -> ref (2, L, C), motion
+    (2, S-1, L, C).
 
     ref[0] is the reference computed with uncond tokens, ref[1] with cond tokens; motion[b] are the
     motion frames of CFG half b (the official ``bank[:, 0]`` and ``bank[:, 1:]``).
@@ -401,23 +445,27 @@ class Denoiser(_UNet):
         heads, adim, g = cfg.attention_head_dim, motion.audio_attention_dim, cfg.norm_num_groups
         rev = tuple(reversed(ch))
         for i, blk in enumerate(self.down_blocks):
-            blk.motion_modules = nn.ModuleList([MotionModule(ch[i], motion)
-                                                for _ in range(cfg.layers_per_block)])
+            blk.motion_modules = nn.ModuleList(
+                [MotionModule(ch[i], motion) for _ in range(cfg.layers_per_block)]
+            )
             if cfg.down_has_attn[i]:
                 # Official: audio width = the layer's *input* channels (HALLO2.md §2.4).
                 ins = [ch[max(i - 1, 0)] if j == 0 else ch[i] for j in range(cfg.layers_per_block)]
-                blk.audio_modules = nn.ModuleList([AudioModule(ch[i], d, heads, adim, g)
-                                                   for d in ins])
+                blk.audio_modules = nn.ModuleList(
+                    [AudioModule(ch[i], d, heads, adim, g) for d in ins]
+                )
         self.mid_block.motion_modules = nn.ModuleList([MotionModule(ch[-1], motion)])
         self.mid_block.audio_modules = nn.ModuleList([AudioModule(ch[-1], ch[-1], heads, adim, g)])
         for i, blk in enumerate(self.up_blocks):
             layers = cfg.layers_per_block + 1
-            blk.motion_modules = nn.ModuleList([MotionModule(rev[i], motion)
-                                                for _ in range(layers)])
+            blk.motion_modules = nn.ModuleList(
+                [MotionModule(rev[i], motion) for _ in range(layers)]
+            )
             if cfg.up_has_attn[i]:
                 skip_in = rev[min(i + 1, n - 1)]  # official: the block's in_channels
-                blk.audio_modules = nn.ModuleList([AudioModule(rev[i], skip_in, heads, adim, g)
-                                                   for _ in range(layers)])
+                blk.audio_modules = nn.ModuleList(
+                    [AudioModule(rev[i], skip_in, heads, adim, g) for _ in range(layers)]
+                )
         self.conv_norm_out = nn.GroupNorm(g, ch[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
@@ -444,11 +492,20 @@ class Denoiser(_UNet):
         t = tb.tail(torch.cat([a_u, a_c]) + t, ctx.tokens)
         return st.tokens_out(t, x)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, image_tokens: torch.Tensor,
-                audio_tokens: torch.Tensor, face_feature: torch.Tensor,
-                ref_features: Sequence[torch.Tensor], motion_features: Sequence[torch.Tensor],
-                full_masks: Sequence[torch.Tensor], face_masks: Sequence[torch.Tensor],
-                lip_masks: Sequence[torch.Tensor], motion_scale: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        image_tokens: torch.Tensor,
+        audio_tokens: torch.Tensor,
+        face_feature: torch.Tensor,
+        ref_features: Sequence[torch.Tensor],
+        motion_features: Sequence[torch.Tensor],
+        full_masks: Sequence[torch.Tensor],
+        face_masks: Sequence[torch.Tensor],
+        lip_masks: Sequence[torch.Tensor],
+        motion_scale: torch.Tensor,
+    ) -> torch.Tensor:
         """One official denoiser call on both CFG halves.
 
         sample (2, 4, F, h, w) [uncond, cond] latents; timestep () or (1,); image_tokens
@@ -467,8 +524,10 @@ class Denoiser(_UNet):
         n_levels = len(self.down_blocks)
 
         def per_row(masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-            return [masks[i].reshape(-1, masks[i].shape[-1]).expand(f, -1).repeat(b, 1)
-                    for i in range(n_levels)]  # (2F, L_level)
+            return [
+                masks[i].reshape(-1, masks[i].shape[-1]).expand(f, -1).repeat(b, 1)
+                for i in range(n_levels)
+            ]  # (2F, L_level)
 
         ctx = _Ctx(
             temb=self.time_embed(timestep),

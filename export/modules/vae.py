@@ -52,7 +52,8 @@ class _EncBlock(nn.Module):
     def __init__(self, cin: int, cout: int, layers: int, groups: int, down: bool):
         super().__init__()
         self.resnets = nn.ModuleList(
-            [ResnetBlock(cin if i == 0 else cout, cout, groups, _EPS, None) for i in range(layers)])
+            [ResnetBlock(cin if i == 0 else cout, cout, groups, _EPS, None) for i in range(layers)]
+        )
         self.downsamplers = nn.ModuleList([Downsample(cout, asym_pad=True)]) if down else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,8 @@ class _DecBlock(nn.Module):
     def __init__(self, cin: int, cout: int, layers: int, groups: int, up: bool):
         super().__init__()
         self.resnets = nn.ModuleList(
-            [ResnetBlock(cin if i == 0 else cout, cout, groups, _EPS, None) for i in range(layers)])
+            [ResnetBlock(cin if i == 0 else cout, cout, groups, _EPS, None) for i in range(layers)]
+        )
         self.upsamplers = nn.ModuleList([Upsample(cout)]) if up else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,9 +85,12 @@ class _Encoder(nn.Module):
         super().__init__()
         ch, g = cfg.block_out_channels, cfg.norm_num_groups
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
-        self.down_blocks = nn.ModuleList([
-            _EncBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, i < len(ch) - 1)
-            for i in range(len(ch))])
+        self.down_blocks = nn.ModuleList(
+            [
+                _EncBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, i < len(ch) - 1)
+                for i in range(len(ch))
+            ]
+        )
         self.mid_block = _MidBlock(ch[-1], g)
         self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=_EPS)
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
@@ -104,9 +109,12 @@ class _Decoder(nn.Module):
         ch, g = tuple(reversed(cfg.block_out_channels)), cfg.norm_num_groups
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
         self.mid_block = _MidBlock(ch[0], g)
-        self.up_blocks = nn.ModuleList([
-            _DecBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block + 1, g, i < len(ch) - 1)
-            for i in range(len(ch))])
+        self.up_blocks = nn.ModuleList(
+            [
+                _DecBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block + 1, g, i < len(ch) - 1)
+                for i in range(len(ch))
+            ]
+        )
         self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=_EPS)
         self.conv_out = nn.Conv2d(ch[-1], cfg.out_channels, 3, padding=1)
 

@@ -33,9 +33,19 @@ class _FeatureExtractor(nn.Module):
     def __init__(self, cfg: Wav2Vec2Config):
         super().__init__()
         dims = (1, *cfg.conv_dim)
-        self.conv_layers = nn.ModuleList([
-            _ConvLayer(dims[i], dims[i + 1], cfg.conv_kernel[i], cfg.conv_stride[i],
-                       cfg.conv_bias, i == 0) for i in range(len(cfg.conv_dim))])
+        self.conv_layers = nn.ModuleList(
+            [
+                _ConvLayer(
+                    dims[i],
+                    dims[i + 1],
+                    cfg.conv_kernel[i],
+                    cfg.conv_stride[i],
+                    cfg.conv_bias,
+                    i == 0,
+                )
+                for i in range(len(cfg.conv_dim))
+            ]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, None]  # (B, 1, S)
@@ -58,8 +68,13 @@ class _PosConv(nn.Module):
     def __init__(self, cfg: Wav2Vec2Config):
         super().__init__()
         k = cfg.num_conv_pos_embeddings
-        self.conv = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, k, padding=k // 2,
-                              groups=cfg.num_conv_pos_embedding_groups)
+        self.conv = nn.Conv1d(
+            cfg.hidden_size,
+            cfg.hidden_size,
+            k,
+            padding=k // 2,
+            groups=cfg.num_conv_pos_embedding_groups,
+        )
         self.drop_last = k % 2 == 0  # an even kernel yields one extra frame
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +96,10 @@ class _SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
         h = self.heads
-        q, k, v = (p(x).reshape(b, t, h, c // h).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))  # (B, h, T, C/h)
+        q, k, v = (
+            p(x).reshape(b, t, h, c // h).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )  # (B, h, T, C/h)
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, c)
         return self.out_proj(out)
 
