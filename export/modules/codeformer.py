@@ -72,6 +72,16 @@ class _Up(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def _level(blocks: list[nn.Module], cin: int, cout: int, res: int, cfg: CodeFormerConfig) -> int:
+    """One resolution level: ``res_blocks`` resnets, each followed by attention at 16x16."""
+    for _ in range(cfg.res_blocks):
+        blocks.append(_ResBlock(cin, cout))
+        cin = cout
+        if res == cfg.attn_resolution:
+            blocks.append(_AttnBlock(cin))
+    return cin
+
+
 def _vq_blocks(cfg: CodeFormerConfig, encoder: bool) -> nn.ModuleList:
     """VQGAN encoder (image -> emb_dim at 16x16) or generator (the mirror), as flat block lists."""
     nf, mult, n = cfg.nf, cfg.ch_mult, len(cfg.ch_mult)
@@ -81,12 +91,7 @@ def _vq_blocks(cfg: CodeFormerConfig, encoder: bool) -> nn.ModuleList:
         blocks.append(nn.Conv2d(3, nf, 3, padding=1))
         cin = nf  # official in_ch_mult = (1,) + ch_mult
         for i in range(n):
-            cout = nf * mult[i]
-            for _ in range(cfg.res_blocks):
-                blocks.append(_ResBlock(cin, cout))
-                cin = cout
-                if res == cfg.attn_resolution:
-                    blocks.append(_AttnBlock(cin))
+            cin = _level(blocks, cin, nf * mult[i], res, cfg)
             if i != n - 1:
                 blocks.append(_Down(cin))
                 res //= 2
@@ -98,12 +103,7 @@ def _vq_blocks(cfg: CodeFormerConfig, encoder: bool) -> nn.ModuleList:
     blocks.append(nn.Conv2d(cfg.emb_dim, cin, 3, padding=1))
     blocks += [_ResBlock(cin, cin), _AttnBlock(cin), _ResBlock(cin, cin)]
     for i in reversed(range(n)):
-        cout = nf * mult[i]
-        for _ in range(cfg.res_blocks):
-            blocks.append(_ResBlock(cin, cout))
-            cin = cout
-            if res == cfg.attn_resolution:
-                blocks.append(_AttnBlock(cin))
+        cin = _level(blocks, cin, nf * mult[i], res, cfg)
         if i != 0:
             blocks.append(_Up(cin))
             res *= 2
