@@ -1,0 +1,97 @@
+"""DDIM as Hallo2 runs it: linear betas rescaled to zero terminal SNR, trailing spacing,
+v-prediction, eta 0, classifier-free guidance (HALLO2.md §1.7).
+
+Small pure functions (STYLE.md §4): ``ddim_schedule`` precomputes the timesteps and, per step,
+the two coefficients of ``x_prev = a_t * x + b_t * v``; ``sample`` runs the loop and never knows
+which backend computes ``denoise``. Nothing here syncs with the host inside the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    """Per-step tables for one step count (all on the CPU; move them once to the device)."""
+
+    timesteps: torch.Tensor  # (S,) int64, e.g. 999, 974, ..., 24 for 40 steps
+    a: torch.Tensor  # (S,) fp32 coefficient of x_t in x_prev
+    b: torch.Tensor  # (S,) fp32 coefficient of the v-prediction in x_prev
+    alphas_cumprod: torch.Tensor  # (T,) fp32 training schedule after the zero-SNR rescale
+
+
+def _zero_snr_alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """Rescale betas so the last step has zero SNR (Lin et al. 2023), in fp32 like diffusers."""
+    abar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = abar_sqrt[0].clone(), abar_sqrt[-1].clone()
+    abar_sqrt = (abar_sqrt - last) * (first / (first - last))
+    abar = abar_sqrt**2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return torch.cumprod(alphas, dim=0)  # recomputed from the rescaled alphas, as diffusers
+
+
+def ddim_schedule(
+    steps: int = 40,
+    train_steps: int = 1000,
+    beta_start: float = 0.00085,
+    beta_end: float = 0.012,
+    zero_snr: bool = True,
+) -> DDIMSchedule:
+    """Timesteps and coefficients of Hallo2's sampler (official ddim_scheduler_kwargs).
+
+    beta_schedule is "linear" (the official switch to scaled_linear happens after the scheduler
+    is built and has no effect). The previous timestep is ``t - train_steps // steps`` (not the
+    next listed timestep; they differ when ``steps`` does not divide 1000, HALLO2.md §7), and
+    the final step targets alpha_cumprod = 1.
+    """
+    if not 1 <= steps <= train_steps:
+        raise ValueError(f"steps = {steps}: must be between 1 and {train_steps}")
+    betas = torch.linspace(beta_start, beta_end, train_steps, dtype=torch.float32)
+    abar = _zero_snr_alphas_cumprod(betas) if zero_snr else torch.cumprod(1.0 - betas, 0)
+    # trailing spacing: round(arange(T, 0, -T/S)) - 1
+    ts = torch.round(torch.arange(train_steps, 0, -train_steps / steps, dtype=torch.float64))
+    timesteps = ts.to(torch.int64) - 1
+    prev = timesteps - train_steps // steps
+    a_t = abar[timesteps]
+    a_p = torch.where(prev >= 0, abar[prev.clamp(min=0)], torch.ones(()))
+    sa_t, s1_t, sa_p, s1_p = a_t.sqrt(), (1 - a_t).sqrt(), a_p.sqrt(), (1 - a_p).sqrt()
+    # x0 = sa_t x - s1_t v ; eps = sa_t v + s1_t x ; x_prev = sa_p x0 + s1_p eps
+    return DDIMSchedule(
+        timesteps=timesteps,
+        a=sa_p * sa_t + s1_p * s1_t,
+        b=s1_p * sa_t - sa_p * s1_t,
+        alphas_cumprod=abar,
+    )
+
+
+def cfg_combine(v: torch.Tensor, scale: float) -> torch.Tensor:
+    """v (2, ...) = [uncond, cond] -> v_u + scale * (v_c - v_u), shape (1, ...)."""
+    v_u, v_c = v[:1], v[1:]
+    return v_u + scale * (v_c - v_u)
+
+
+def sample(
+    denoise: Callable[[torch.Tensor, int], torch.Tensor],
+    x: torch.Tensor,
+    schedule: DDIMSchedule,
+    cfg_scale: float = 3.5,
+    callback: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Run DDIM from pure noise ``x`` (1, C, F, h, w) to the clean latent.
+
+    ``denoise(x_in, i)`` gets both CFG halves ``x_in`` (2, C, F, h, w) and the step index i
+    (``schedule.timesteps[i]`` is the timestep) and returns the v-prediction (2, C, F, h, w).
+    ``callback(i)`` is called after each step (progress); it must not synchronise the device.
+    """
+    a = schedule.a.to(x.device)
+    b = schedule.b.to(x.device)
+    for i in range(len(schedule.timesteps)):
+        v = cfg_combine(denoise(torch.cat([x, x]), i), cfg_scale)
+        x = (a[i] * x + b[i] * v).to(x.dtype)
+        if callback is not None:
+            callback(i)
+    return x

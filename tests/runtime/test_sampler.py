@@ -1,0 +1,74 @@
+"""The sampler against diffusers' DDIMScheduler configured as the official code (dev only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hallo2rt.runtime.sampler import cfg_combine, ddim_schedule, sample
+
+diffusers = pytest.importorskip("diffusers")
+
+OFFICIAL = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="linear",
+    clip_sample=False,
+    steps_offset=1,
+    prediction_type="v_prediction",
+    rescale_betas_zero_snr=True,
+    timestep_spacing="trailing",
+)
+
+
+@pytest.mark.parametrize("steps", [40, 3, 7])
+def test_schedule_and_step_equal_diffusers(steps):
+    ref = diffusers.DDIMScheduler(**OFFICIAL)
+    ref.set_timesteps(steps)
+    ours = ddim_schedule(steps)
+    assert ours.timesteps.tolist() == ref.timesteps.tolist()
+    torch.testing.assert_close(ours.alphas_cumprod, ref.alphas_cumprod, rtol=0, atol=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 2, 8, 8, generator=g)
+    for i, t in enumerate(ref.timesteps):
+        v = torch.randn(x.shape, generator=g)
+        want = ref.step(v, t, x, eta=0.0).prev_sample
+        got = ours.a[i] * x + ours.b[i] * v
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        x = want
+
+
+def test_forty_steps_are_the_official_trailing_timesteps():
+    s = ddim_schedule(40)
+    assert s.timesteps[:3].tolist() == [999, 974, 949] and s.timesteps[-1].item() == 24
+    assert s.alphas_cumprod[999].item() == 0.0  # zero terminal SNR
+    # at zero SNR x0 = -v: the first step is x_prev = sqrt(1 - abar_974) x - sqrt(abar_974) v
+    abar = s.alphas_cumprod[974]
+    assert s.a[0].item() == pytest.approx((1 - abar).sqrt().item(), rel=1e-6)
+    assert s.b[0].item() == pytest.approx(-abar.sqrt().item(), rel=1e-6)
+    assert s.alphas_cumprod[974].item() == pytest.approx(4.43e-5, rel=1e-2)
+    assert s.alphas_cumprod[24].item() == pytest.approx(0.9747, rel=1e-3)
+
+
+def test_sample_applies_cfg_and_the_table():
+    s = ddim_schedule(3)
+    calls = []
+
+    def denoise(x_in, i):
+        calls.append((x_in.shape[0], i))
+        return torch.stack([torch.zeros_like(x_in[0]), torch.ones_like(x_in[0])])
+
+    x0 = torch.ones(1, 4, 2, 8, 8)
+    out = sample(denoise, x0, s, cfg_scale=3.5)
+    want = x0.clone()
+    for i in range(3):
+        want = s.a[i] * want + s.b[i] * 3.5  # v = 0 + 3.5 * (1 - 0)
+    torch.testing.assert_close(out, want)
+    assert calls == [(2, 0), (2, 1), (2, 2)]
+    torch.testing.assert_close(cfg_combine(torch.tensor([[1.0], [3.0]]), 2.0),
+                               torch.tensor([[5.0]]))
+
+
+def test_bad_step_count():
+    with pytest.raises(ValueError, match="steps = 0"):
+        ddim_schedule(0)
