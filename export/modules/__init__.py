@@ -12,11 +12,11 @@ from torch import nn
 
 from ..config import ModelConfig
 from .codeformer import CodeFormer
-from .heads import AudioProj, FaceLocator, ImageProj, audio_windows
+from .heads import AudioProj, FaceLocator, ImageProj
 from .rrdbnet import RRDBNet
 from .unet import Denoiser, ReferenceNet, reference_tokens_official, split_reference_bank
 from .vae import VAEDecoder, VAEEncoder
-from .wav2vec2 import Wav2Vec2, frames_for_samples, normalize_waveform
+from .wav2vec2 import Wav2Vec2
 
 
 def _needs(value, what: str):
@@ -60,10 +60,7 @@ __all__ = [
     "VAEDecoder",
     "VAEEncoder",
     "Wav2Vec2",
-    "audio_windows",
     "build_module",
-    "frames_for_samples",
-    "normalize_waveform",
     "reference_tokens_official",
     "split_reference_bank",
 ]

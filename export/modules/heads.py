@@ -77,17 +77,3 @@ class AudioProj(nn.Module):
         x = F.relu(self.proj2(F.relu(self.proj1(x))))
         x = self.norm(self.proj3(x).reshape(b * f, self.tokens, self.dim))
         return x.reshape(b, f, self.tokens, self.dim)
-
-
-def audio_windows(features: torch.Tensor, window: int = 5) -> torch.Tensor:
-    """Per-frame features (N, 12, 768) -> windows (N, window, 12, 768) clamped at both ends.
-
-    Frame i takes i-2 .. i+2 clamped to [0, N-1] over the whole sequence (HALLO2.md §1.3).
-    """
-    n = features.shape[0]
-    half = window // 2
-    idx = (
-        torch.arange(n, device=features.device)[:, None]
-        + torch.arange(-half, half + 1, device=features.device)[None]
-    )
-    return features[idx.clamp(0, n - 1)]

@@ -149,7 +149,8 @@ class _Encoder(nn.Module):
 class Wav2Vec2(nn.Module):
     """Normalised 16 kHz audio (B, S) -> per-video-frame features (B, seq_len, layers, C).
 
-    ``seq_len`` = ceil(S / 16000 * fps) in the official code (``frames_for_samples``). The conv
+    ``seq_len`` = ceil(S / 16000 * fps) in the official code (see ``hallo2rt.runtime.audio``;
+    the waveform is normalised there, per 60 s segment, before it reaches this module). The conv
     features (~50 Hz) are linearly interpolated (align_corners=True) to ``seq_len`` frames before
     the feature projection, so the transformer runs at the video rate.
     """
@@ -164,15 +165,3 @@ class Wav2Vec2(nn.Module):
         feats = self.feature_extractor(waveform)  # (B, 512, T50)
         feats = F.interpolate(feats, size=seq_len, mode="linear", align_corners=True)
         return self.encoder(self.feature_projection(feats.transpose(1, 2)))
-
-
-def normalize_waveform(waveform: torch.Tensor) -> torch.Tensor:
-    """Wav2Vec2FeatureExtractor(do_normalize=True): zero mean, unit variance per segment (B, S)."""
-    mean = waveform.mean(dim=-1, keepdim=True)
-    var = waveform.var(dim=-1, keepdim=True, unbiased=False)
-    return (waveform - mean) / torch.sqrt(var + 1e-7)
-
-
-def frames_for_samples(n_samples: int, sample_rate: int = 16000, fps: int = 25) -> int:
-    """Video frames covered by ``n_samples`` of audio: ceil(n / sr * fps), as the official code."""
-    return -(-n_samples * fps // sample_rate)

@@ -7,7 +7,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from hallo2rt.export.modules import audio_windows, frames_for_samples, normalize_waveform
+from hallo2rt.runtime.audio import normalize_waveform
 
 
 def test_image_proj_uncond_is_layernorm_of_the_bias_not_zeros(tiny):
@@ -29,24 +29,6 @@ def test_audio_proj_flattens_window_layer_channel_per_frame(tiny):
             x = F.relu(proj.proj1(win[0, f].reshape(-1)))  # (window, layer, channel) order
             x = proj.proj3(F.relu(proj.proj2(x))).reshape(8, 32)
             torch.testing.assert_close(got[0, f], proj.norm(x))
-
-
-def test_audio_windows_clamp_over_the_whole_sequence():
-    feats = torch.arange(6.0)[:, None, None].expand(6, 2, 3)
-    win = audio_windows(feats)
-    assert win.shape == (6, 5, 2, 3)
-    assert win[0, :, 0, 0].tolist() == [0, 0, 0, 1, 2]
-    assert win[3, :, 0, 0].tolist() == [1, 2, 3, 4, 5]
-    assert win[5, :, 0, 0].tolist() == [3, 4, 5, 5, 5]
-
-
-def test_frames_and_normalisation_follow_the_official_preprocessing():
-    assert frames_for_samples(960_000) == 1500  # 60 s -> 1500 frames
-    assert frames_for_samples(16_001) == 26  # ceil
-    wave = torch.randn(2, 1000) * 3 + 5
-    norm = normalize_waveform(wave)
-    torch.testing.assert_close(norm.mean(-1), torch.zeros(2), atol=1e-5, rtol=0)
-    torch.testing.assert_close(norm.std(-1, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
 
 
 def test_wav2vec_runs_the_transformer_at_the_video_rate(tiny):

@@ -65,8 +65,9 @@ def test_sample_applies_cfg_and_the_table():
         want = s.a[i] * want + s.b[i] * 3.5  # v = 0 + 3.5 * (1 - 0)
     torch.testing.assert_close(out, want)
     assert calls == [(2, 0), (2, 1), (2, 2)]
-    torch.testing.assert_close(cfg_combine(torch.tensor([[1.0], [3.0]]), 2.0),
-                               torch.tensor([[5.0]]))
+    torch.testing.assert_close(
+        cfg_combine(torch.tensor([[1.0], [3.0]]), 2.0), torch.tensor([[5.0]])
+    )
 
 
 def test_bad_step_count():

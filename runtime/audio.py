@@ -1,0 +1,149 @@
+"""Driving audio: decode, resample, cut into the official 60 s segments, wav2vec features,
+5-frame windows (HALLO2.md §1.3).
+
+Decoding uses PyAV (any container/codec its FFmpeg reads). The encoder itself is passed in as a
+callable, so this module works with any backend and never imports model code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .media import MediaError
+
+SAMPLE_RATE = 16000  # wav2vec2's rate
+FPS = 25  # video frames per second
+SEGMENT_SECONDS = 60  # the official cut_audio length
+
+
+def _open_audio(path: str | Path):
+    import av  # lazy: PyAV is only needed when media is read or written
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"audio file {path} does not exist")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise MediaError(
+            f"{path} could not be opened as audio ({exc}); use a file FFmpeg "
+            "reads, e.g. WAV, MP3, M4A, FLAC or a video with sound"
+        ) from exc
+    if not container.streams.audio:
+        container.close()
+        raise MediaError(f"{path} has no audio stream")
+    return container
+
+
+def load_audio(
+    path: str | Path, sample_rate: int | None = SAMPLE_RATE, mono: bool = True
+) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream -> (samples (channels, n) float32 in [-1, 1], rate).
+
+    ``sample_rate=None`` keeps the native rate; ``mono`` downmixes (FFmpeg's resampler).
+    """
+    import av
+
+    container = _open_audio(path)
+    try:
+        stream = container.streams.audio[0]
+        rate = sample_rate or stream.codec_context.sample_rate
+        layout = "mono" if mono else (stream.codec_context.layout.name or "stereo")
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        chunks = []
+        for frame in container.decode(stream):
+            chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray() for f in resampler.resample(None)]  # flush
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"{path}: the audio could not be decoded ({exc})") from exc
+    finally:
+        container.close()
+    if not chunks or sum(c.shape[1] for c in chunks) == 0:
+        raise MediaError(f"{path} contains no audio samples")
+    return np.concatenate(chunks, axis=1).astype(np.float32), rate
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One official 60 s audio segment."""
+
+    start: int  # first sample (16 kHz)
+    stop: int  # one past the last sample
+    frames: int  # video frames it yields, padding included
+    pad_samples: int  # zeros appended after normalisation (last segment only)
+
+
+def frames_for_samples(n_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> int:
+    """ceil(n / sample_rate * fps), as the official ``seq_len``."""
+    return math.ceil(n_samples / sample_rate * fps)
+
+
+def plan_segments(
+    n_samples: int,
+    clip_frames: int = 16,
+    sample_rate: int = SAMPLE_RATE,
+    fps: int = FPS,
+    segment_seconds: int = SEGMENT_SECONDS,
+) -> list[Segment]:
+    """The official cut: 60 s segments; only the *last* is padded, to a multiple of
+    ``clip_frames`` of its *own* frame count (HALLO2.md §1.3, §7), so the total may still not
+    be a multiple of 16 and the clip loop drops the tail (``N // 16`` clips)."""
+    if n_samples <= 0:
+        raise MediaError("the driving audio is empty")
+    seg = segment_seconds * sample_rate
+    starts = list(range(0, n_samples, seg))
+    out = []
+    for i, start in enumerate(starts):
+        stop = min(start + seg, n_samples)
+        frames = frames_for_samples(stop - start, sample_rate, fps)
+        pad = 0
+        if i == len(starts) - 1 and frames % clip_frames:
+            extra = clip_frames - frames % clip_frames
+            pad, frames = extra * (sample_rate // fps), frames + extra
+        out.append(Segment(start, stop, frames, pad))
+    return out
+
+
+def normalize_waveform(waveform: torch.Tensor) -> torch.Tensor:
+    """Wav2Vec2FeatureExtractor(do_normalize=True): zero mean, unit variance per row (B, S)."""
+    mean = waveform.mean(dim=-1, keepdim=True)
+    var = waveform.var(dim=-1, keepdim=True, unbiased=False)
+    return (waveform - mean) / torch.sqrt(var + 1e-7)
+
+
+def audio_features(
+    wave: np.ndarray, encode: Callable[[torch.Tensor, int], torch.Tensor], clip_frames: int = 16
+) -> tuple[torch.Tensor, int]:
+    """16 kHz mono (n,) -> (features (N, layers, C), audio_length frames before padding).
+
+    ``encode(waveform (1, S), seq_len) -> (1, seq_len, layers, C)`` is the audio encoder.
+    Each segment is normalised on its own, then zero-padded (official order).
+    """
+    feats = []
+    plan = plan_segments(len(wave), clip_frames)
+    for seg in plan:
+        x = normalize_waveform(
+            torch.from_numpy(np.ascontiguousarray(wave[seg.start : seg.stop], dtype=np.float32))[
+                None
+            ]
+        )
+        x = torch.nn.functional.pad(x, (0, seg.pad_samples))
+        feats.append(encode(x, seg.frames)[0])
+    audio_length = sum(frames_for_samples(s.stop - s.start) for s in plan)
+    return torch.cat(feats), audio_length
+
+
+def audio_windows(features: torch.Tensor, window: int = 5) -> torch.Tensor:
+    """Per-frame features (N, layers, C) -> windows (N, window, layers, C).
+
+    Frame i takes i-2 .. i+2 clamped to [0, N-1] over the whole concatenated sequence.
+    """
+    n, half = features.shape[0], window // 2
+    idx = torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]
+    return features[idx.clamp(0, n - 1).to(features.device)]

@@ -1,0 +1,7 @@
+"""Errors for user-supplied media, shared by the audio and video code."""
+
+from __future__ import annotations
+
+
+class MediaError(ValueError):
+    """A user-supplied media file is missing, unreadable or unusable; says which and why."""
