@@ -1,0 +1,137 @@
+"""Streamed MP4 output: H.264 video with the driving audio muxed as AAC (PyAV).
+
+Frames are encoded as they arrive and the audio is muxed up to the current video time after each
+batch, so memory does not grow with the video's length (the muxer interleaves as it goes). The
+file is written under a temporary name beside the target and renamed only when complete: an
+error or Ctrl-C leaves no broken output (and an older file at the target untouched).
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .media import MediaError
+
+log = logging.getLogger(__name__)
+
+AUDIO_CHUNK = 1024  # AAC frame size
+
+
+class VideoWriter:
+    """``with VideoWriter(out, 512, 512, audio=(samples, rate)) as w: w.write(frames)``.
+
+    frames: (N, H, W, 3) uint8 RGB. ``max_frames`` trims the video (to the audio's length);
+    frames beyond it are dropped. audio: (channels, n) float32 in [-1, 1] and its rate.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        fps: int = 25,
+        audio: tuple[np.ndarray, int] | None = None,
+        max_frames: int | None = None,
+        crf: int = 18,
+        preset: str = "medium",
+    ):
+        import av
+
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise MediaError(f"output folder {self.path.parent} does not exist")
+        if width % 2 or height % 2:
+            raise MediaError(f"H.264 needs even frame sizes, got {width}x{height}")
+        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        self.fps, self.max_frames, self.frames_written = fps, max_frames, 0
+        self._container = av.open(str(self.tmp), "w", format="mp4")
+        self._video = self._container.add_stream("libx264", rate=fps)
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
+        self._video.options = {"crf": str(crf), "preset": preset}
+        self._audio = None
+        if audio is not None:
+            samples, rate = audio
+            self._samples = np.ascontiguousarray(samples, dtype=np.float32)
+            self._rate, self._audio_pos = rate, 0
+            layout = "mono" if samples.shape[0] == 1 else "stereo"
+            self._audio = self._container.add_stream("aac", rate=rate, layout=layout)
+            self._layout = layout
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode (N, H, W, 3) uint8 frames, then mux the audio up to the new video time."""
+        import av
+
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}"
+            )
+        for img in frames:
+            if self.max_frames is not None and self.frames_written >= self.max_frames:
+                break
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.frames_written
+            frame.time_base = Fraction(1, self.fps)
+            self._container.mux(self._video.encode(frame))
+            self.frames_written += 1
+        self._mux_audio(self.frames_written / self.fps, final=False)
+
+    def _mux_audio(self, until_seconds: float, final: bool) -> None:
+        import av
+
+        if self._audio is None:
+            return
+        n = self._samples.shape[1]
+        end = n if final else min(n, int(until_seconds * self._rate))
+        while self._audio_pos < end:
+            stop = min(self._audio_pos + AUDIO_CHUNK, end)
+            if stop - self._audio_pos < AUDIO_CHUNK and not final:
+                break  # only the very last AAC frame may be short
+            chunk = self._samples[:, self._audio_pos : stop]
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(chunk), format="fltp", layout=self._layout
+            )
+            frame.sample_rate, frame.pts = self._rate, self._audio_pos
+            frame.time_base = Fraction(1, self._rate)
+            self._container.mux(self._audio.encode(frame))
+            self._audio_pos = stop
+
+    def close(self) -> Path:
+        """Flush, finish the file and move it into place; returns the final path."""
+        self._mux_audio(0.0, final=True)
+        self._container.mux(self._video.encode(None))
+        if self._audio is not None:
+            self._container.mux(self._audio.encode(None))
+        self._container.close()
+        self.tmp.replace(self.path)
+        log.info("wrote %s (%d frames)", self.path, self.frames_written)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file (on errors and interrupts)."""
+        try:
+            self._container.close()
+        except Exception:  # the container may be unusable after the error that got us here
+            log.debug("closing the partial container failed", exc_info=True)
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def to_uint8_frames(pixels) -> np.ndarray:
+    """Decoder output (N, 3, H, W) in [-1, 1] (torch or numpy) -> (N, H, W, 3) uint8."""
+    import torch
+
+    x = torch.as_tensor(pixels).float()
+    x = ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)  # official (x/2+0.5).clamp
+    return x.permute(0, 2, 3, 1).cpu().numpy()
