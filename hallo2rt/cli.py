@@ -8,49 +8,267 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
+from pathlib import Path
 
 SUBCOMMANDS = {
     "export": "export every engine's graph to ONNX from a checkpoint tree",
     "build": "build TensorRT / ONNX Runtime engines from exported ONNX",
-    "generate": "animate a portrait from driving audio into an MP4",
+    "generate": "animate a portrait from driving audio into an MP4 (PyTorch backend)",
     "bench": "measure frames per second and per-stage latency",
-    "demo": "run a small end-to-end demo on random weights",
+    "demo": "run the whole pipeline on tiny random weights and bundled media (no downloads)",
     "doctor": "report what this machine can run (GPU, CUDA, TensorRT, ONNX Runtime)",
 }
 NOT_BUILT_EXIT = 2
+ERROR_EXIT = 1
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_FACE_BOX = "180,78,262,182"  # hallo2rt/assets/portrait.jpg, read off by hand
+DEMO_LIP_BOX = "203,136,250,156"
+
+log = logging.getLogger("hallo2rt")
 
 
 def _not_built(name: str) -> int:
     print(
         f"hallo2rt {name}: not built yet. This subcommand belongs to a later milestone; "
-        "today hallo2rt provides checkpoint loading and the PyTorch modules "
-        "(hallo2rt.export.load_pretrained).",
+        "today hallo2rt provides `generate` and `demo` on the PyTorch backend.",
         file=sys.stderr,
     )
     return NOT_BUILT_EXIT
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=40, help="DDIM steps")
+    p.add_argument("--cfg", type=float, default=3.5, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=42, help="same seed, same video")
+    p.add_argument("--pose-weight", type=float, default=1.0, help="background/pose audio branch")
+    p.add_argument("--face-weight", type=float, default=1.0, help="face audio branch")
+    p.add_argument("--lip-weight", type=float, default=1.0, help="lip audio branch")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip")
+    p.add_argument(
+        "--official-rng",
+        action="store_true",
+        help="draw the mask and noise exactly as the official code (parity checks)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="precision of the image path (fp16 needs a GPU)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="hallo2rt",
-        description="Deploy Hallo2 portrait animation fast.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="hallo2rt", formatter_class=fmt, description="Deploy Hallo2 portrait animation fast."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in SUBCOMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=fmt)
+        if name == "generate":
+            p.add_argument(
+                "--checkpoints",
+                required=True,
+                type=Path,
+                help="the official pretrained_models/ folder",
+            )
+            p.add_argument("--image", required=True, type=Path, help="portrait (JPEG/PNG/...)")
+            p.add_argument("--audio", required=True, type=Path, help="driving audio (any format)")
+            p.add_argument("--out", required=True, type=Path, help="output .mp4")
+            p.add_argument(
+                "--face-box",
+                required=True,
+                help="x0,y0,x1,y1 of the face in image pixels (automatic face "
+                "analysis is not built yet)",
+            )
+            p.add_argument(
+                "--face-embedding",
+                required=True,
+                type=Path,
+                help="512-d ArcFace embedding saved with numpy.save",
+            )
+            p.add_argument("--lip-box", help="x0,y0,x1,y1 of the lips (default: estimated)")
+            p.add_argument("--face-expand-ratio", type=float, default=1.2)
+            p.add_argument("--size", type=int, default=512, help="output side (multiple of 64)")
+            p.add_argument(
+                "--separate-vocals",
+                action="store_true",
+                help="isolate the voice first (not built yet)",
+            )
+            _add_run_options(p)
+        elif name == "demo":
+            p.add_argument("--out", type=Path, default=Path("demo.mp4"), help="output .mp4")
+            p.add_argument(
+                "--cache",
+                type=Path,
+                default=_cache_dir(),
+                help="where the tiny random model is kept between runs",
+            )
+            _add_run_options(p)
     return parser
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hallo2rt"
+
+
+def _run_config(args: argparse.Namespace):
+    from hallo2rt.runtime.pipeline import RunConfig
+
+    return RunConfig(
+        steps=args.steps,
+        cfg_scale=args.cfg,
+        seed=args.seed,
+        pose_weight=args.pose_weight,
+        face_weight=args.face_weight,
+        lip_weight=args.lip_weight,
+        frames=args.frames,
+        official_rng=args.official_rng,
+    )
+
+
+def _progress_printer(quiet: bool):
+    if quiet:
+        return None
+    tty = sys.stderr.isatty()
+
+    def show(p) -> None:
+        eta = "?" if math.isnan(p.eta) else f"{p.eta:.0f}s"
+        line = (
+            f"clip {min(p.clip + 1, p.clips)}/{p.clips}  step {p.steps_done}/"
+            f"{p.steps_total}  {p.fps:.2f} fps  ETA {eta}"
+        )
+        if tty:
+            print(
+                "\r" + line,
+                end="" if p.steps_done < p.steps_total else "\n",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif p.steps_done % max(p.steps_total // p.clips, 1) == 0:
+            print(line, file=sys.stderr, flush=True)
+
+    return show
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16}[name]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if args.separate_vocals:
+        return _not_built("generate --separate-vocals")
+    from hallo2rt.engines.torch_models import load_torch_models
+    from hallo2rt.runtime.pipeline import generate_video
+    from hallo2rt.runtime.portrait import load_embedding, parse_box
+
+    cfg = _run_config(args)
+    face_box = parse_box(args.face_box)
+    lip_box = parse_box(args.lip_box) if args.lip_box else None
+    embedding = load_embedding(args.face_embedding)
+    models = load_torch_models(args.checkpoints, args.device, _dtype(args.dtype))
+    out = generate_video(
+        models,
+        args.image,
+        args.audio,
+        args.out,
+        face_box,
+        embedding,
+        cfg,
+        size=args.size,
+        lip_box=lip_box,
+        face_expand_ratio=args.face_expand_ratio,
+        progress=_progress_printer(args.quiet),
+    )
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hallo2rt.engines.torch_models import load_torch_models
+    from hallo2rt.runtime.pipeline import generate_video
+    from hallo2rt.runtime.portrait import parse_box
+
+    root = demo_model(args.cache)
+    models = load_torch_models(root, args.device, _dtype(args.dtype))
+    embedding = np.random.default_rng(0).standard_normal(models.embedding_dim)
+    out = generate_video(
+        models,
+        ASSETS / "portrait.jpg",
+        ASSETS / "speech.wav",
+        args.out,
+        parse_box(DEMO_FACE_BOX),
+        embedding,
+        _run_config(args),
+        size=64,
+        lip_box=parse_box(DEMO_LIP_BOX),
+        progress=_progress_printer(args.quiet),
+    )
+    print(
+        f"wrote {out}\nNOTE: the demo runs a tiny model with RANDOM weights, so the picture is "
+        "noise: it shows the whole pipeline working, not Hallo2's quality. With the real "
+        "checkpoints run:\n  hallo2rt generate --checkpoints pretrained_models --image "
+        "face.jpg --audio speech.wav --face-box x0,y0,x1,y1 --face-embedding face.npy "
+        "--out out.mp4 --device cuda --dtype fp16",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def demo_model(cache: Path) -> Path:
+    """The tiny random tree, written once into ``cache`` (atomically) and reused."""
+    import shutil
+    import tempfile
+
+    from hallo2rt.export.random_weights import make_random_pretrained
+
+    root = cache / "demo-tiny-v1"
+    if (root / "hallo2/net.pth").is_file():
+        return root
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=cache))
+    try:
+        make_random_pretrained(tmp, "tiny", seed=0, include_unused=False)
+        tmp.replace(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote the tiny random demo model to %s", root)
+    return root
+
+
+COMMANDS = {"generate": cmd_generate, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    return _not_built(args.command)
+    if args.command not in COMMANDS:
+        return _not_built(args.command)
+    from hallo2rt.export import CheckpointError, ConfigError
+    from hallo2rt.runtime.media import MediaError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (MediaError, CheckpointError, ConfigError, ValueError, RuntimeError) as exc:
+        print(f"hallo2rt {args.command}: error: {exc}", file=sys.stderr)
+        return ERROR_EXIT
+    except KeyboardInterrupt:
+        print(f"hallo2rt {args.command}: interrupted; no output was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def load_audio(
     try:
         stream = container.streams.audio[0]
         rate = sample_rate or stream.codec_context.sample_rate
-        layout = "mono" if mono else (stream.codec_context.layout.name or "stereo")
+        channels = stream.codec_context.channels
+        layout = "mono" if mono or channels == 1 else "stereo"  # surround is downmixed
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
         chunks = []
         for frame in container.decode(stream):

@@ -10,11 +10,12 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ...engines.bank import reference_tokens_official, split_reference_bank
 from ..config import ModelConfig
 from .codeformer import CodeFormer
 from .heads import AudioProj, FaceLocator, ImageProj
 from .rrdbnet import RRDBNet
-from .unet import Denoiser, ReferenceNet, reference_tokens_official, split_reference_bank
+from .unet import Denoiser, ReferenceNet
 from .vae import VAEDecoder, VAEEncoder
 from .wav2vec2 import Wav2Vec2
 

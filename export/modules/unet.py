@@ -409,26 +409,6 @@ class ReferenceNet(_UNet):
         return tuple(ctx.bank)
 
 
-def reference_tokens_official(tokens: torch.Tensor, copies: int = 3) -> torch.Tensor:
-    """The official ReferenceNet token tiling (HALLO2.md §1.9).
-
-    tokens (2, T, C) = [uncond, cond]; the batch is [r, m1, m2, r, m1, m2] and the tokens are
-    ``tokens.repeat(3, 1, 1)`` = [u, c, u, c, u, c], so the motion frames are cross-assigned.
-    """
-    return tokens.repeat(copies, 1, 1)
-
-
-def split_reference_bank(entry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Official bank entry (2S, L, C), rows [r, m1.., r, m1..] -> ref (2, L, C), motion
-    (2, S-1, L, C).
-
-    ref[0] is the reference computed with uncond tokens, ref[1] with cond tokens; motion[b] are the
-    motion frames of CFG half b (the official ``bank[:, 0]`` and ``bank[:, 1:]``).
-    """
-    per_half = entry.reshape(2, entry.shape[0] // 2, *entry.shape[1:])  # (2, S, L, C)
-    return per_half[:, 0], per_half[:, 1:]
-
-
 class Denoiser(_UNet):
     """Hallo2 UNet3DConditionModel as the official inference runs it (train branch, §1.4).
 

@@ -1,0 +1,221 @@
+"""The clip loop: a portrait and driving audio -> 16-frame clips (HALLO2.md §1.5-1.8).
+
+Work happens at the frequency the math needs (HALLO2.md §6): image tokens, the face-locator
+feature (one frame, broadcast) and the reference latent once per video; per clip the two motion
+frames (pixel mask, VAE encode), the ReferenceNet bank and the audio tokens; per step only the
+denoiser. Frames leave as each clip finishes, so memory does not grow with the audio length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engines.bank import reference_tokens_official, split_reference_bank
+from ..engines.models import Models
+from .audio import audio_features, audio_windows, load_audio
+from .portrait import Box, Portrait, build_portrait, load_image
+from .sampler import ddim_schedule, sample
+from .video import VideoWriter, to_uint8_frames
+
+log = logging.getLogger(__name__)
+
+MASK_SEED_OFFSET = 1_000_003  # default RNG: the pixel mask gets its own stream
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a user tunes per run (defaults: the official long.yaml)."""
+
+    steps: int = 40  # DDIM steps
+    cfg_scale: float = 3.5  # classifier-free guidance scale
+    seed: int = 42  # same seed, same video (on the same backend)
+    pose_weight: float = 1.0  # motion_scale[0]: background/pose audio branch
+    face_weight: float = 1.0  # motion_scale[1]: face audio branch
+    lip_weight: float = 1.0  # motion_scale[2]: lip audio branch
+    frames: int = 16  # frames per clip
+    motion_frames: int = 2  # previous frames conditioning each clip (the model's M)
+    mask_rate: float = 0.25  # chance of dropping a motion-frame pixel outside the face
+    official_rng: bool = False  # one CPU generator: rand(mask) then fp16 randn(noise) per clip
+    fps: int = 25  # output frame rate (the audio features are made for 25)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps": 1 <= self.steps <= 1000,
+            "frames": self.frames >= 1,
+            "motion_frames": self.motion_frames >= 1,
+            "fps": self.fps == 25,
+            "mask_rate": 0.0 <= self.mask_rate <= 1.0,
+            "cfg_scale": self.cfg_scale >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"RunConfig.{name} = {getattr(self, name)!r} is out of range")
+
+
+@dataclass(frozen=True)
+class Clip:
+    index: int  # clip number, from 0
+    frames: np.ndarray  # (F, S, S, 3) uint8 RGB
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands; handed to the ``progress`` callback after every step."""
+
+    clip: int  # clips finished
+    clips: int  # clips in the video
+    steps_done: int  # denoiser steps finished over the whole run
+    steps_total: int  # clips x steps
+    elapsed: float  # seconds since the clip loop started
+    frames_per_clip: int = 16
+
+    @property
+    def frames_done(self) -> float:
+        """Frames generated so far, counting a partly denoised clip pro rata."""
+        return self.steps_done / max(self.steps_total, 1) * self.clips * self.frames_per_clip
+
+    @property
+    def fps(self) -> float:
+        return self.frames_done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float:
+        """Seconds left at the rate so far (nan before the first step)."""
+        if self.steps_done == 0:
+            return float("nan")
+        return self.elapsed / self.steps_done * (self.steps_total - self.steps_done)
+
+
+def _generators(cfg: RunConfig) -> tuple[torch.Generator, torch.Generator]:
+    """(mask, noise) generators on the CPU; one shared generator under ``official_rng``."""
+    noise = torch.Generator().manual_seed(cfg.seed)
+    if cfg.official_rng:
+        return noise, noise
+    return torch.Generator().manual_seed(cfg.seed + MASK_SEED_OFFSET), noise
+
+
+def generate(
+    models: Models,
+    portrait: Portrait,
+    features: torch.Tensor,
+    cfg: RunConfig,
+    on_step: Callable[[], None] | None = None,
+) -> Iterator[Clip]:
+    """Yield clips of ``cfg.frames`` frames until every audio frame is covered.
+
+    features: (N, layers, C) per-frame audio features (``audio_features``). The official loop
+    makes ``N // F`` clips and drops the tail; here a last clip covers it, its missing windows
+    repeating the final one, so earlier clips are exactly the official ones.
+    """
+    dev, dt, f, m = models.device, models.dtype, cfg.frames, cfg.motion_frames
+    emb = portrait.embedding.to(dev, dt)
+    tokens = models.image_proj(torch.cat([torch.zeros_like(emb), emb]))  # [proj(0), proj(e)]
+    ref_tokens = reference_tokens_official(tokens)
+    face = models.face_locator(portrait.face_region.to(dev, dt))  # (1, C0, h, w), one frame
+    face = torch.cat([torch.zeros_like(face), face])[:, :, None]  # (2, C0, 1, h, w)
+    ref_pixels = portrait.pixels.to(dev, dt)
+    ref_latent = models.vae_encode(ref_pixels)  # (1, 4, h, w), once per video
+    masks = [
+        [x.to(dev, dt) for x in ms]
+        for ms in (portrait.full_masks, portrait.face_masks, portrait.lip_masks)
+    ]
+    scale = torch.tensor([cfg.pose_weight, cfg.face_weight, cfg.lip_weight], device=dev, dtype=dt)
+    windows = audio_windows(features)  # (N, 5, layers, C)
+    n_clips = math.ceil(windows.shape[0] / f)
+    pad = n_clips * f - windows.shape[0]
+    windows = torch.cat([windows, windows[-1:].expand(pad, *windows.shape[1:])])
+    schedule = ddim_schedule(cfg.steps)
+    timesteps = schedule.timesteps.to(dev)
+    size = portrait.pixels.shape[-1]
+    keep_face = portrait.face_region[0, 0].bool()  # (S, S)
+    mask_gen, noise_gen = _generators(cfg)
+    noise_dtype = torch.float16 if cfg.official_rng else torch.float32
+    motion = ref_pixels.expand(m, -1, -1, -1)  # clip 0: the portrait itself (not zeros)
+    h = size // 8
+    for t in range(n_clips):
+        keep = (torch.rand(size, size, generator=mask_gen) > cfg.mask_rate) | keep_face
+        noise = torch.randn((1, 4, f, h, h), generator=noise_gen, dtype=noise_dtype)
+        motion_latents = models.vae_encode(motion * keep.to(dev, dt))  # (M, 4, h, w)
+        latents6 = torch.cat([ref_latent, motion_latents]).repeat(2, 1, 1, 1)
+        bank = models.reference(latents6, torch.zeros((), device=dev), ref_tokens)
+        refs, mots = zip(*(split_reference_bank(b) for b in bank), strict=True)
+        audio = models.audio_proj(windows[t * f : (t + 1) * f].to(dev, dt)[None])  # (1, F, T, C)
+        audio = torch.cat([torch.zeros_like(audio), audio])  # uncond audio = zeros after proj
+
+        def denoise(x_in: torch.Tensor, i: int) -> torch.Tensor:
+            return models.denoise(
+                x_in, timesteps[i], tokens, audio, face, refs, mots, *masks, scale
+            )
+
+        x = sample(
+            denoise,
+            noise.to(dev, dt),
+            schedule,
+            cfg.cfg_scale,
+            callback=(lambda _i: on_step()) if on_step else None,
+        )
+        pixels = models.vae_decode(x[0].transpose(0, 1))  # (F, 3, S, S), one batched decode
+        unit = (pixels.float() / 2 + 0.5).clamp(0, 1)  # official: frames in [0, 1] on the CPU
+        motion = (unit[-m:] * 2 - 1).to(dt)  # next clip's motion frames
+        yield Clip(t, to_uint8_frames(pixels))
+
+
+def generate_video(
+    models: Models,
+    image: str | Path,
+    audio: str | Path,
+    out: str | Path,
+    face_box: Box,
+    embedding: np.ndarray,
+    cfg: RunConfig = RunConfig(),
+    size: int = 512,
+    lip_box: Box | None = None,
+    face_expand_ratio: float = 1.2,
+    progress: Callable[[Progress], None] | None = None,
+) -> Path:
+    """Portrait + driving audio -> MP4 at ``out`` with the audio muxed. Inputs are all read and
+    checked before the output is opened; the file appears only when complete."""
+    rgb = load_image(image)
+    wave16, _ = load_audio(audio)
+    native = load_audio(audio, sample_rate=None, mono=False)
+    portrait = build_portrait(rgb, size, face_box, embedding, lip_box, face_expand_ratio)
+    dev = models.device
+
+    def encode(x: torch.Tensor, n: int) -> torch.Tensor:
+        return models.audio_encode(x.to(dev), n).float().cpu()
+
+    features, audio_length = audio_features(wave16[0], encode, cfg.frames)
+    n_clips = math.ceil(features.shape[0] / cfg.frames)
+    steps_total, done = n_clips * cfg.steps, [0]
+    start = time.perf_counter()
+
+    def report(clip: int) -> None:
+        if progress:
+            progress(
+                Progress(
+                    clip,
+                    n_clips,
+                    done[0],
+                    steps_total,
+                    time.perf_counter() - start,
+                    frames_per_clip=cfg.frames,
+                )
+            )
+
+    def on_step() -> None:
+        done[0] += 1
+        report(done[0] // cfg.steps)
+
+    with VideoWriter(out, size, size, cfg.fps, audio=native, max_frames=audio_length) as writer:
+        for clip in generate(models, portrait, features, cfg, on_step=on_step):
+            writer.write(clip.frames)
+    log.info("%d frames in %.1f s", audio_length, time.perf_counter() - start)
+    return Path(out)
