@@ -21,6 +21,7 @@ import torch
 from ..engines.bank import reference_tokens_official, split_reference_bank
 from ..engines.models import Models
 from .audio import audio_features, audio_windows, load_audio
+from .media import MediaError
 from .portrait import Box, Portrait, build_portrait, load_image
 from .sampler import ddim_schedule, sample
 from .video import VideoWriter, to_uint8_frames
@@ -150,11 +151,7 @@ def generate(
         audio = models.audio_proj(windows[t * f : (t + 1) * f].to(dev, dt)[None])  # (1, F, T, C)
         audio = torch.cat([torch.zeros_like(audio), audio])  # uncond audio = zeros after proj
 
-        def denoise(x_in: torch.Tensor, i: int) -> torch.Tensor:
-            return models.denoise(
-                x_in, timesteps[i], tokens, audio, face, refs, mots, *masks, scale
-            )
-
+        denoise = _step_fn(models, timesteps, tokens, audio, face, refs, mots, masks, scale)
         x = sample(
             denoise,
             noise.to(dev, dt),
@@ -166,6 +163,18 @@ def generate(
         unit = (pixels.float() / 2 + 0.5).clamp(0, 1)  # official: frames in [0, 1] on the CPU
         motion = (unit[-m:] * 2 - 1).to(dt)  # next clip's motion frames
         yield Clip(t, to_uint8_frames(pixels))
+
+
+def _step_fn(
+    models: Models, timesteps: torch.Tensor, *cond
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The denoiser call of step i with one clip's conditioning bound."""
+    tokens, audio, face, refs, mots, masks, scale = cond
+
+    def denoise(x_in: torch.Tensor, i: int) -> torch.Tensor:
+        return models.denoise(x_in, timesteps[i], tokens, audio, face, refs, mots, *masks, scale)
+
+    return denoise
 
 
 def generate_video(
@@ -183,6 +192,11 @@ def generate_video(
 ) -> Path:
     """Portrait + driving audio -> MP4 at ``out`` with the audio muxed. Inputs are all read and
     checked before the output is opened; the file appears only when complete."""
+    if np.size(embedding) != models.embedding_dim:
+        raise MediaError(
+            f"the face embedding has {np.size(embedding)} values; this model "
+            f"expects {models.embedding_dim} (the raw ArcFace embedding)"
+        )
     rgb = load_image(image)
     wave16, _ = load_audio(audio)
     native = load_audio(audio, sample_rate=None, mono=False)

@@ -166,8 +166,8 @@ def build_portrait(
     )
 
 
-def load_embedding(path: str | Path, dim: int = 512) -> np.ndarray:
-    """A face embedding saved with ``numpy.save`` ((dim,) or (1, dim))."""
+def load_embedding(path: str | Path) -> np.ndarray:
+    """A face embedding saved with ``numpy.save`` ((E,) or (1, E) finite floats)."""
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"face embedding file {path} does not exist")
@@ -175,12 +175,12 @@ def load_embedding(path: str | Path, dim: int = 512) -> np.ndarray:
         emb = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise MediaError(f"{path} is not a .npy array ({exc})") from exc
-    if emb.size != dim or not np.isfinite(emb).all():
+    if emb.ndim > 2 or (emb.ndim == 2 and emb.shape[0] != 1) or not np.isfinite(emb).all():
         raise MediaError(
-            f"{path} holds {emb.shape} values; expected {dim} finite floats "
-            "(the raw ArcFace embedding)"
+            f"{path} holds an array of shape {emb.shape}; expected one vector of "
+            "finite floats (the raw 512-d ArcFace embedding)"
         )
-    return emb.reshape(dim).astype(np.float32)
+    return emb.reshape(-1).astype(np.float32)
 
 
 def parse_box(text: str) -> Box:

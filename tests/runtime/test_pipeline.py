@@ -1,0 +1,185 @@
+"""Generation on the tiny model: the MP4, seeds, the official RNG order, bad inputs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from hallo2rt.cli import ASSETS, main
+from hallo2rt.engines.torch_models import load_torch_models
+from hallo2rt.runtime.pipeline import RunConfig, generate
+from hallo2rt.runtime.portrait import build_portrait, load_image
+
+from .media_helpers import write_audio
+
+av = pytest.importorskip("av")
+FACE = "180,78,262,182"
+
+
+@pytest.fixture(scope="module")
+def models(tiny_root):
+    return load_torch_models(tiny_root)
+
+
+@pytest.fixture(scope="module")
+def portrait():
+    rgb = load_image(ASSETS / "portrait.jpg")
+    return build_portrait(
+        rgb, 64, (180, 78, 262, 182), np.random.default_rng(0).standard_normal(64)
+    )
+
+
+def _args(tiny_root, tmp_path, audio, out, **extra):
+    np.save(tmp_path / "emb.npy", np.random.default_rng(1).standard_normal(64).astype(np.float32))
+    argv = [
+        "generate",
+        "--checkpoints",
+        str(tiny_root),
+        "--image",
+        str(ASSETS / "portrait.jpg"),
+        "--audio",
+        str(audio),
+        "--out",
+        str(out),
+        "--face-box",
+        FACE,
+        "--face-embedding",
+        str(tmp_path / "emb.npy"),
+        "--size",
+        "64",
+        "--steps",
+        "2",
+        "--quiet",
+    ]
+    for k, v in extra.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return argv
+
+
+def test_generate_writes_every_frame_and_the_audio(tiny_root, tmp_path):
+    seconds = 1.3
+    write_audio(tmp_path / "a.wav", seconds, rate=22050)
+    out = tmp_path / "out.mp4"
+    emb = np.random.default_rng(1).standard_normal(64).astype(np.float32)
+    argv = _args(tiny_root, tmp_path, tmp_path / "a.wav", out)
+    np.save(tmp_path / "emb.npy", emb)  # the tiny model's embedding width
+    assert main(argv) == 0
+    with av.open(str(out)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        assert (v.width, v.height, v.average_rate) == (64, 64, 25)
+        assert a.rate == 22050 and a.channels == 2  # the original audio, not the 16 kHz copy
+        frames = sum(1 for _ in c.decode(v))
+    with av.open(str(out)) as c:
+        audio_seconds = sum(f.samples for f in c.decode(audio=0)) / 22050
+    assert frames == math.ceil(seconds * 25)  # 33: two clips, trimmed to the audio
+    assert abs(audio_seconds - seconds) < 0.07
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "emb.npy", "out.mp4"]
+
+
+def _clips(models, portrait, cfg, n=20):
+    feats = torch.randn(n, 2, 32, generator=torch.Generator().manual_seed(3))
+    return [c.frames for c in generate(models, portrait, feats, cfg)]
+
+
+def test_same_seed_same_video_and_the_tail_is_covered(models, portrait):
+    cfg = RunConfig(steps=2, frames=16)
+    a = _clips(models, portrait, cfg)
+    assert len(a) == 2 and all(x.shape == (16, 64, 64, 3) for x in a)  # 20 frames -> 2 clips
+    b = _clips(models, portrait, cfg)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    c = _clips(models, portrait, replace(cfg, seed=7))
+    assert not np.array_equal(a[0], c[0])
+
+
+class _Spy:
+    """Wraps Models callables to record what the pipeline feeds them."""
+
+    def __init__(self, models):
+        self.calls = {"vae_encode": [], "denoise": []}
+        self.models = replace(
+            models,
+            vae_encode=self._wrap("vae_encode", models.vae_encode),
+            denoise=self._wrap("denoise", models.denoise),
+        )
+
+    def _wrap(self, name, fn):
+        def call(*args):
+            self.calls[name].append(args[0].clone())
+            return fn(*args)
+
+        return call
+
+
+@pytest.mark.parametrize("official", [True, False])
+def test_rng_order_and_clip0_motion_frames(models, portrait, official):
+    cfg = RunConfig(steps=1, frames=16, seed=42, official_rng=official)
+    spy = _Spy(models)
+    _clips(spy.models, portrait, cfg, n=16)
+    gen = torch.Generator().manual_seed(42)
+    if official:  # one CPU generator: rand(S, S) for the mask, then randn(..., fp16)
+        rand = torch.rand(64, 64, generator=gen)
+        noise = torch.randn((1, 4, 16, 8, 8), generator=gen, dtype=torch.float16)
+    else:
+        noise = torch.randn((1, 4, 16, 8, 8), generator=gen)
+        rand = torch.rand(64, 64, generator=torch.Generator().manual_seed(42 + 1_000_003))
+    x_in = spy.calls["denoise"][0]
+    assert torch.equal(x_in, torch.cat([noise.float(), noise.float()]))  # both CFG halves
+    ref, motion = spy.calls["vae_encode"]  # per video: the portrait; per clip: motion frames
+    keep = (rand > 0.25) | portrait.face_region[0, 0].bool()
+    assert torch.equal(ref, portrait.pixels)
+    assert torch.equal(motion, (portrait.pixels * keep).expand(2, -1, -1, -1))  # clip 0 = portrait
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing image",
+        "unreadable audio",
+        "wrong layout",
+        "box outside",
+        "bad embedding",
+        "missing audio",
+    ],
+)
+def test_bad_inputs_fail_clearly_and_write_nothing(tiny_root, tmp_path, capsys, case):
+    write_audio(tmp_path / "a.wav", 0.5)
+    out = tmp_path / "out.mp4"
+    argv = _args(tiny_root, tmp_path, tmp_path / "a.wav", out)
+    np.save(tmp_path / "emb.npy", np.ones(64, np.float32))
+    want = {
+        "missing image": "image file",
+        "unreadable audio": "could not be opened as audio",
+        "wrong layout": "required file(s) missing",
+        "box outside": "not inside",
+        "bad embedding": "this model expects 64",
+        "missing audio": "audio file",
+    }[case]
+    if case == "missing image":
+        argv[argv.index("--image") + 1] = str(tmp_path / "nope.jpg")
+    elif case == "unreadable audio":
+        (tmp_path / "bad.wav").write_text("no audio here")
+        argv[argv.index("--audio") + 1] = str(tmp_path / "bad.wav")
+    elif case == "missing audio":
+        argv[argv.index("--audio") + 1] = str(tmp_path / "nope.wav")
+    elif case == "wrong layout":
+        (tmp_path / "empty").mkdir()
+        argv[argv.index("--checkpoints") + 1] = str(tmp_path / "empty")
+    elif case == "box outside":
+        argv[argv.index("--face-box") + 1] = "10,10,900,900"
+    elif case == "bad embedding":
+        np.save(tmp_path / "emb.npy", np.ones(3, np.float32))
+    assert main(argv) == 1
+    assert want in capsys.readouterr().err
+    assert not out.exists() and not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_unbuilt_options_refuse(tiny_root, tmp_path, capsys):
+    write_audio(tmp_path / "a.wav", 0.5)
+    argv = _args(tiny_root, tmp_path, tmp_path / "a.wav", tmp_path / "o.mp4") + [
+        "--separate-vocals"
+    ]
+    assert main(argv) == 2 and "not built yet" in capsys.readouterr().err
