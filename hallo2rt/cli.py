@@ -83,17 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, type=Path, help="output .mp4")
             p.add_argument(
                 "--face-box",
-                required=True,
-                help="x0,y0,x1,y1 of the face in image pixels (automatic face "
-                "analysis is not built yet)",
+                help="x0,y0,x1,y1 of the face in image pixels (default: detected with "
+                "face_analysis/models/scrfd_10g_bnkps.onnx)",
             )
             p.add_argument(
                 "--face-embedding",
-                required=True,
                 type=Path,
-                help="512-d ArcFace embedding saved with numpy.save",
+                help="raw 512-d ArcFace embedding saved with numpy.save (default: computed "
+                "with face_analysis/models/glintr100.onnx)",
             )
-            p.add_argument("--lip-box", help="x0,y0,x1,y1 of the lips (default: estimated)")
+            p.add_argument(
+                "--lip-box",
+                help="x0,y0,x1,y1 of the lips (default: from the detected mouth corners, or "
+                "estimated from the face box)",
+            )
             p.add_argument("--face-expand-ratio", type=float, default=1.2)
             p.add_argument("--size", type=int, default=512, help="output side (multiple of 64)")
             p.add_argument(
@@ -172,9 +175,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from hallo2rt.runtime.portrait import load_embedding, parse_box
 
     cfg = _run_config(args)
-    face_box = parse_box(args.face_box)
+    face_box = parse_box(args.face_box) if args.face_box else None
     lip_box = parse_box(args.lip_box) if args.lip_box else None
-    embedding = load_embedding(args.face_embedding)
+    embedding = load_embedding(args.face_embedding) if args.face_embedding else None
+    if face_box is None or embedding is None:  # before the big weights load: fail fast
+        from hallo2rt.runtime.face_analysis import analyze_portrait
+        from hallo2rt.runtime.portrait import load_image
+
+        box, emb, lips = analyze_portrait(
+            load_image(args.image), args.checkpoints / "face_analysis" / "models"
+        )
+        embedding = emb if embedding is None else embedding
+        if face_box is None:
+            face_box, lip_box = box, lip_box or lips
     models = load_torch_models(args.checkpoints, args.device, _dtype(args.dtype))
     out = generate_video(
         models,

@@ -183,3 +183,46 @@ def test_unbuilt_options_refuse(tiny_root, tmp_path, capsys):
         "--separate-vocals"
     ]
     assert main(argv) == 2 and "not built yet" in capsys.readouterr().err
+
+
+def _with_face_models(tiny_root, tmp_path, faces):
+    import shutil
+
+    from .fake_face_models import write_face_models
+
+    root = tmp_path / "pretrained_models"
+    shutil.copytree(tiny_root, root)
+    write_face_models(root / "face_analysis" / "models", faces, dim=64)
+    return root
+
+
+def test_generate_detects_the_face_and_embeds_it_without_boxes(tiny_root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    face = (
+        16,
+        10,
+        10,
+        1,
+        0.9,
+        (3.0, 3.0, 3.0, 4.0),
+        (-1.0, -1.0, 1.0, -1.0, 0.0, 0.5, -0.8, 2.0, 0.8, 2.0),
+    )
+    root = _with_face_models(tiny_root, tmp_path, [face])
+    write_audio(tmp_path / "a.wav", 0.4)
+    argv = _args(root, tmp_path, tmp_path / "a.wav", tmp_path / "o.mp4")
+    for opt in ("--face-box", "--face-embedding"):
+        i = argv.index(opt)
+        del argv[i : i + 2]
+    assert main(argv) == 0 and (tmp_path / "o.mp4").is_file()
+
+
+def test_image_without_a_face_fails_before_any_output(tiny_root, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    root = _with_face_models(tiny_root, tmp_path, [])
+    write_audio(tmp_path / "a.wav", 0.4)
+    argv = _args(root, tmp_path, tmp_path / "a.wav", tmp_path / "o.mp4")
+    i = argv.index("--face-box")
+    del argv[i : i + 2]
+    assert main(argv) == 1
+    assert "no face found" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
