@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--separate-vocals",
                 action="store_true",
-                help="isolate the voice first (not built yet)",
+                help="isolate the voice with audio_separator/Kim_Vocal_2.onnx first",
             )
             _add_run_options(p)
         elif name == "demo":
@@ -167,14 +167,22 @@ def _dtype(name: str):
     return {"fp32": torch.float32, "fp16": torch.float16}[name]
 
 
+def _vocal_separator(args: argparse.Namespace):
+    if not args.separate_vocals:
+        return None
+    from hallo2rt.runtime.vocals import MODEL, MODEL_DATA, mdx_params, separate_vocals
+
+    mdx_params(args.checkpoints / MODEL, args.checkpoints / MODEL_DATA)  # fail before loading
+    return lambda wave: separate_vocals(wave, args.checkpoints)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    if args.separate_vocals:
-        return _not_built("generate --separate-vocals")
     from hallo2rt.engines.torch_models import load_torch_models
     from hallo2rt.runtime.pipeline import generate_video
     from hallo2rt.runtime.portrait import load_embedding, parse_box
 
     cfg = _run_config(args)
+    separate = _vocal_separator(args)
     face_box = parse_box(args.face_box) if args.face_box else None
     lip_box = parse_box(args.lip_box) if args.lip_box else None
     embedding = load_embedding(args.face_embedding) if args.face_embedding else None
@@ -201,6 +209,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         lip_box=lip_box,
         face_expand_ratio=args.face_expand_ratio,
         progress=_progress_printer(args.quiet),
+        separate=separate,
     )
     print(f"wrote {out}", file=sys.stderr)
     return 0

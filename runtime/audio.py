@@ -148,3 +148,21 @@ def audio_windows(features: torch.Tensor, window: int = 5) -> torch.Tensor:
     n, half = features.shape[0], window // 2
     idx = torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]
     return features[idx.clamp(0, n - 1).to(features.device)]
+
+
+def resample(
+    wave: np.ndarray, rate: int, target: int = SAMPLE_RATE, mono: bool = True
+) -> np.ndarray:
+    """(channels, n) float32 at ``rate`` -> (1 or channels, m) at ``target`` (FFmpeg resampler)."""
+    import av
+
+    layout = "mono" if wave.shape[0] == 1 else "stereo"
+    out_layout = "mono" if mono else layout
+    resampler = av.AudioResampler(format="fltp", layout=out_layout, rate=target)
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(wave, dtype=np.float32), format="fltp", layout=layout
+    )
+    frame.sample_rate = rate
+    chunks = [f.to_ndarray() for f in resampler.resample(frame)]
+    chunks += [f.to_ndarray() for f in resampler.resample(None)]
+    return np.concatenate(chunks, axis=1)

@@ -20,7 +20,7 @@ import torch
 
 from ..engines.bank import reference_tokens_official, split_reference_bank
 from ..engines.models import Models
-from .audio import audio_features, audio_windows, load_audio
+from .audio import audio_features, audio_windows, load_audio, resample
 from .media import MediaError
 from .portrait import Box, Portrait, build_portrait, load_image
 from .sampler import ddim_schedule, sample
@@ -28,7 +28,10 @@ from .video import VideoWriter, to_uint8_frames
 
 log = logging.getLogger(__name__)
 
-MASK_SEED_OFFSET = 1_000_003  # default RNG: the pixel mask gets its own stream
+MASK_SEED_OFFSET = 1_000_003
+VOCALS_RATE = (
+    44100  # MDX-Net runs on 44.1 kHz stereo  # default RNG: the pixel mask gets its own stream
+)
 
 
 @dataclass(frozen=True)
@@ -189,17 +192,24 @@ def generate_video(
     lip_box: Box | None = None,
     face_expand_ratio: float = 1.2,
     progress: Callable[[Progress], None] | None = None,
+    separate: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Path:
     """Portrait + driving audio -> MP4 at ``out`` with the audio muxed. Inputs are all read and
-    checked before the output is opened; the file appears only when complete."""
+    checked before the output is opened; the file appears only when complete. ``separate``
+    ((2, n) 44.1 kHz -> vocals) isolates the voice before the audio features are computed."""
     if np.size(embedding) != models.embedding_dim:
         raise MediaError(
             f"the face embedding has {np.size(embedding)} values; this model "
             f"expects {models.embedding_dim} (the raw ArcFace embedding)"
         )
     rgb = load_image(image)
-    wave16, _ = load_audio(audio)
-    native = load_audio(audio, sample_rate=None, mono=False)
+    native = load_audio(audio, sample_rate=None, mono=False)  # muxed into the output as is
+    if separate is None:
+        wave16, _ = load_audio(audio)
+    else:  # features from the isolated voice (official --separate-vocals path)
+        stereo, rate = load_audio(audio, sample_rate=VOCALS_RATE, mono=False)
+        vocals = separate(np.repeat(stereo, 2, axis=0) if stereo.shape[0] == 1 else stereo)
+        wave16 = resample(vocals, rate, 16000, mono=True)
     portrait = build_portrait(rgb, size, face_box, embedding, lip_box, face_expand_ratio)
     dev = models.device
 

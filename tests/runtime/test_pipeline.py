@@ -177,12 +177,12 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tiny_root, tmp_path, capsys, 
     assert not out.exists() and not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
 
-def test_unbuilt_options_refuse(tiny_root, tmp_path, capsys):
+def test_separate_vocals_needs_the_release_model(tiny_root, tmp_path, capsys):
     write_audio(tmp_path / "a.wav", 0.5)
-    argv = _args(tiny_root, tmp_path, tmp_path / "a.wav", tmp_path / "o.mp4") + [
-        "--separate-vocals"
-    ]
-    assert main(argv) == 2 and "not built yet" in capsys.readouterr().err
+    out = tmp_path / "o.mp4"
+    argv = _args(tiny_root, tmp_path, tmp_path / "a.wav", out) + ["--separate-vocals"]
+    assert main(argv) == 1
+    assert "Kim_Vocal_2.onnx" in capsys.readouterr().err and not out.exists()
 
 
 def _with_face_models(tiny_root, tmp_path, faces):
@@ -226,3 +226,48 @@ def test_image_without_a_face_fails_before_any_output(tiny_root, tmp_path, capsy
     assert main(argv) == 1
     assert "no face found" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_separate_vocals_end_to_end_with_a_stand_in_model(tiny_root, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import json
+    import shutil
+    import warnings
+
+    from hallo2rt.runtime.vocals import model_hash
+
+    root = tmp_path / "pretrained_models"
+    shutil.copytree(tiny_root, root)
+    sep = root / "audio_separator"
+    sep.mkdir()
+
+    class Half(torch.nn.Module):
+        def forward(self, x):
+            return x * 0.5
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Half(),
+            (torch.zeros(1, 4, 512, 32),),
+            str(sep / "Kim_Vocal_2.onnx"),
+            input_names=["input"],
+            dynamo=False,
+        )
+    (sep / "mdx_model_data.json").write_text(
+        json.dumps(
+            {
+                model_hash(sep / "Kim_Vocal_2.onnx"): {
+                    "mdx_dim_f_set": 512,
+                    "mdx_dim_t_set": 5,
+                    "mdx_n_fft_scale_set": 2048,
+                }
+            }
+        )
+    )
+    write_audio(tmp_path / "a.wav", 0.6, rate=16000, channels=1)
+    out = tmp_path / "o.mp4"
+    assert main(_args(root, tmp_path, tmp_path / "a.wav", out) + ["--separate-vocals"]) == 0
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].rate == 16000  # the original audio is muxed, not the stem
+        assert sum(1 for _ in c.decode(video=0)) == 15
