@@ -26,3 +26,17 @@ def split_reference_bank(entry: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     """
     per_half = entry.reshape(2, entry.shape[0] // 2, *entry.shape[1:])  # (2, S, L, C)
     return per_half[:, 0], per_half[:, 1:]
+
+
+def reference_token_rows(motion_frames: int = 2) -> tuple[list[int], list[int]]:
+    """Which CFG token (0 = uncond, 1 = cond) each ReferenceNet row gets under the official
+    tiling, split into the two reference rows and the 2 x M motion rows.
+
+    Official batch: per half b, [r, m1..mM]; row i reads token i % 2. Rows are independent in the
+    ReferenceNet, so the reference rows (constant per video) can run once and only the motion
+    rows per clip (HALLO2.md §6.3): M = 2 gives ref [u, c] and motion [c, u, u, c].
+    """
+    per_half = motion_frames + 1
+    ref = [(b * per_half) % 2 for b in (0, 1)]
+    motion = [(b * per_half + j) % 2 for b in (0, 1) for j in range(1, per_half)]
+    return ref, motion

@@ -28,6 +28,7 @@ class Models:
     vae_encode: Callable[[Tensor], Tensor]  # (N, 3, S, S) in [-1, 1] -> (N, 4, S/8, S/8)
     vae_decode: Callable[[Tensor], Tensor]  # (N, 4, S/8, S/8) -> (N, 3, S, S) in ~[-1, 1]
     reference: Callable[[Tensor, Tensor, Tensor], Sequence[Tensor]]  # ReferenceNet bank
+    reference_kv: Callable[[Sequence[Tensor]], list[tuple[Tensor, Tensor]]]  # bank -> K, V
     denoise: Callable[..., Tensor]  # the Denoiser's forward (both CFG halves)
     device: torch.device  # where inputs must live
     dtype: torch.dtype  # dtype of the image/latent path (the audio encoder stays fp32)

@@ -42,12 +42,12 @@ def load_torch_models(
         mods[name] = module.to(dev, torch.float32 if name == "audio_encoder" else dtype)
     log.info("loaded %d components from %s on %s (%s)", len(mods), checkpoints, dev, dtype)
 
-    def run(name):
-        module = mods[name]
+    def run(name, method="__call__"):
+        fn = getattr(mods[name], method)
 
         def call(*args):
             with torch.inference_mode():
-                return module(*args)
+                return fn(*args)
 
         return call
 
@@ -59,6 +59,7 @@ def load_torch_models(
         vae_encode=run("vae_encoder"),
         vae_decode=run("vae_decoder"),
         reference=run("reference_unet"),
+        reference_kv=run("denoiser", "reference_kv"),
         denoise=run("denoiser"),
         device=dev,
         dtype=dtype,

@@ -1,9 +1,10 @@
 """The clip loop: a portrait and driving audio -> 16-frame clips (HALLO2.md §1.5-1.8).
 
 Work happens at the frequency the math needs (HALLO2.md §6): image tokens, the face-locator
-feature (one frame, broadcast) and the reference latent once per video; per clip the two motion
-frames (pixel mask, VAE encode), the ReferenceNet bank and the audio tokens; per step only the
-denoiser. Frames leave as each clip finishes, so memory does not grow with the audio length.
+feature (one frame, broadcast), the reference latent, its ReferenceNet rows and their keys/values
+once per video; per clip the two motion frames (pixel mask, VAE encode), their ReferenceNet rows
+(4 instead of the official 6) and the audio tokens; per step only the denoiser. Frames leave as
+each clip finishes, so memory does not grow with the audio length.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engines.bank import reference_tokens_official, split_reference_bank
+from ..engines.bank import reference_token_rows
 from ..engines.models import Models
 from .audio import audio_features, audio_windows, load_audio, resample
 from .media import MediaError
@@ -122,11 +123,14 @@ def generate(
     dev, dt, f, m = models.device, models.dtype, cfg.frames, cfg.motion_frames
     emb = portrait.embedding.to(dev, dt)
     tokens = models.image_proj(torch.cat([torch.zeros_like(emb), emb]))  # [proj(0), proj(e)]
-    ref_tokens = reference_tokens_official(tokens)
     face = models.face_locator(portrait.face_region.to(dev, dt))  # (1, C0, h, w), one frame
     face = torch.cat([torch.zeros_like(face), face])[:, :, None]  # (2, C0, 1, h, w)
     ref_pixels = portrait.pixels.to(dev, dt)
     ref_latent = models.vae_encode(ref_pixels)  # (1, 4, h, w), once per video
+    ref_rows, motion_rows = reference_token_rows(m)
+    t0 = torch.zeros((), device=dev)  # the ReferenceNet always runs at t = 0
+    ref_bank = models.reference(ref_latent.expand(2, -1, -1, -1), t0, tokens[ref_rows])
+    ref_kv = models.reference_kv(ref_bank)  # reference K/V of every hooked block, per video
     masks = [
         [x.to(dev, dt) for x in ms]
         for ms in (portrait.full_masks, portrait.face_masks, portrait.lip_masks)
@@ -148,13 +152,13 @@ def generate(
         keep = (torch.rand(size, size, generator=mask_gen) > cfg.mask_rate) | keep_face
         noise = torch.randn((1, 4, f, h, h), generator=noise_gen, dtype=noise_dtype)
         motion_latents = models.vae_encode(motion * keep.to(dev, dt))  # (M, 4, h, w)
-        latents6 = torch.cat([ref_latent, motion_latents]).repeat(2, 1, 1, 1)
-        bank = models.reference(latents6, torch.zeros((), device=dev), ref_tokens)
-        refs, mots = zip(*(split_reference_bank(b) for b in bank), strict=True)
+        motion_in = motion_latents.repeat(2, 1, 1, 1)  # [m1..mM] per CFG half
+        bank = models.reference(motion_in, t0, tokens[motion_rows])  # motion rows only
+        mots = [b.reshape(2, m, *b.shape[1:]) for b in bank]  # (2, M, L, C) per block
         audio = models.audio_proj(windows[t * f : (t + 1) * f].to(dev, dt)[None])  # (1, F, T, C)
         audio = torch.cat([torch.zeros_like(audio), audio])  # uncond audio = zeros after proj
 
-        denoise = _step_fn(models, timesteps, tokens, audio, face, refs, mots, masks, scale)
+        denoise = _step_fn(models, timesteps, tokens, audio, face, ref_kv, mots, masks, scale)
         x = sample(
             denoise,
             noise.to(dev, dt),
@@ -172,10 +176,10 @@ def _step_fn(
     models: Models, timesteps: torch.Tensor, *cond
 ) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """The denoiser call of step i with one clip's conditioning bound."""
-    tokens, audio, face, refs, mots, masks, scale = cond
+    tokens, audio, face, ref_kv, mots, masks, scale = cond
 
     def denoise(x_in: torch.Tensor, i: int) -> torch.Tensor:
-        return models.denoise(x_in, timesteps[i], tokens, audio, face, refs, mots, *masks, scale)
+        return models.denoise(x_in, timesteps[i], tokens, audio, face, ref_kv, mots, *masks, scale)
 
     return denoise
 

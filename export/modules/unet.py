@@ -257,7 +257,7 @@ class _Ctx:
     audio: torch.Tensor | None = None  # denoiser: (2F, Ta, A) audio tokens per row
     masks: tuple = ()  # denoiser: [full, face, lip] x per level (2F, L_level)
     motion_scale: torch.Tensor | None = None  # denoiser: (3,)
-    ref_features: Sequence[torch.Tensor] = ()  # denoiser: per hooked block (2, L, C)
+    ref_kv: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()  # denoiser: reference K, V per block
     motion_features: Sequence[torch.Tensor] = ()  # denoiser: per hooked block (2, M, L, C)
 
 
@@ -458,17 +458,35 @@ class Denoiser(_UNet):
         motion = ctx.motion_features[ctx.hooked - 1]
         return blk.motion_modules[j](x, motion, 2)
 
+    def reference_kv(
+        self, ref_features: Sequence[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Reference features (2, L, C) per hooked block -> their keys and values (2, L, C).
+
+        The reader projects the fp16-rounded ReferenceNet features with each block's own
+        attn1.to_k / to_v (HALLO2.md §1.9); they depend only on the portrait, so this runs once
+        per video rather than in every step (§6.2).
+        """
+        out = []
+        for name, ref in zip(self.hooked_blocks, ref_features, strict=True):
+            attn1 = self.get_submodule(name).transformer_blocks[0].attn1
+            out.append(attn1.project_kv(round_to_fp16(ref).to(attn1.to_k.weight.dtype)))
+        return out
+
     def _spatial(self, st: SpatialTransformer, x: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
         """Reference-reading spatial transformer: uncond plain self-attn, cond attends [x; ref]."""
         tb = st.transformer_blocks[0]
-        ref = round_to_fp16(ctx.ref_features[ctx.hooked]).to(x.dtype)  # (2, L, C)
+        k_ref, v_ref = ctx.ref_kv[ctx.hooked]  # (2, L, C) each
         ctx.hooked += 1
         t = st.tokens_in(x)
         n1 = tb.norm1(t)
         f = ctx.frames
-        ref_rows = ref[[(f + k) % 2 for k in range(f)]]  # (F, L, C) official interleaving
-        a_u = tb.attn1(n1[:f])
-        a_c = tb.attn1(n1[f:], torch.cat([n1[f:], ref_rows], dim=1))
+        rows = [(f + k) % 2 for k in range(f)]  # official interleaving: frame j reads ref[(F+j)%2]
+        a_u = tb.attn1(n1[:f])  # uncond half: plain self-attention, no reference
+        k_self, v_self = tb.attn1.project_kv(n1[f:])
+        k = torch.cat([k_self, k_ref[rows].to(k_self.dtype)], dim=1)  # (F, 2L, C)
+        v = torch.cat([v_self, v_ref[rows].to(v_self.dtype)], dim=1)
+        a_c = tb.attn1.attend(tb.attn1.to_q(n1[f:]), k, v)
         t = tb.tail(torch.cat([a_u, a_c]) + t, ctx.tokens)
         return st.tokens_out(t, x)
 
@@ -479,7 +497,7 @@ class Denoiser(_UNet):
         image_tokens: torch.Tensor,
         audio_tokens: torch.Tensor,
         face_feature: torch.Tensor,
-        ref_features: Sequence[torch.Tensor],
+        ref_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
         motion_features: Sequence[torch.Tensor],
         full_masks: Sequence[torch.Tensor],
         face_masks: Sequence[torch.Tensor],
@@ -490,8 +508,9 @@ class Denoiser(_UNet):
 
         sample (2, 4, F, h, w) [uncond, cond] latents; timestep () or (1,); image_tokens
         (2, T, Ctx); audio_tokens (2, F, Ta, A) (uncond = zeros in the official pipeline);
-        face_feature (2, C0, F or 1, h, w) (uncond = zeros); ref_features / motion_features: one
-        (2, L, C) / (2, M, L, C) per ``hooked_blocks`` entry (``split_reference_bank``); masks:
+        face_feature (2, C0, F or 1, h, w) (uncond = zeros); ref_kv: per ``hooked_blocks`` entry
+        the reference keys/values ``reference_kv(ref_features)``, each (2, L, C);
+        motion_features: per entry (2, M, L, C) (``split_reference_bank``); masks:
         per resolution level, (F or 1, L_level) shared by both halves; motion_scale (3,)
         [pose, face, lip]. Returns the v-prediction (2, 4, F, h, w).
         """
@@ -516,7 +535,7 @@ class Denoiser(_UNet):
             audio=audio_tokens.reshape(rows, *audio_tokens.shape[2:]),  # (2F, Ta, A)
             masks=(per_row(full_masks), per_row(face_masks), per_row(lip_masks)),
             motion_scale=motion_scale.to(x.dtype),
-            ref_features=ref_features,
+            ref_kv=ref_kv,
             motion_features=[round_to_fp16(m) for m in motion_features],
         )
         x = self.run(self.conv_in(x) + face, ctx)

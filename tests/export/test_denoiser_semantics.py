@@ -47,6 +47,9 @@ def make_inputs(tiny, frames=F_FRAMES, seed=0):
 
 @torch.no_grad()
 def run(den, kw):
+    """The denoiser on official-style inputs; reference features go through reference_kv."""
+    kw = dict(kw)
+    kw["ref_kv"] = den.reference_kv(kw.pop("ref_features"))
     return den(**kw)
 
 
@@ -232,7 +235,8 @@ def test_cond_frames_alternate_between_the_two_reference_rows(tiny, frames):
     tokens = torch.randn(2 * frames, 4, 32, generator=g)
 
     def spatial(r):
-        ctx = _Ctx(temb=torch.zeros(1, 128), tokens=tokens, frames=frames, ref_features=[r])
+        kv = st.transformer_blocks[0].attn1.project_kv(r.half().float())
+        ctx = _Ctx(temb=torch.zeros(1, 128), tokens=tokens, frames=frames, ref_kv=[kv])
         with torch.no_grad():
             return den._spatial(st, x, ctx)
 
@@ -245,8 +249,9 @@ def test_cond_frames_alternate_between_the_two_reference_rows(tiny, frames):
 
 
 def test_hooked_attention_equals_the_official_concat_then_overwrite(tiny):
-    """Official reader: all 2F rows attend [x; ref tiled], then the uncond rows are overwritten
-    by plain self-attention. Ours never computes the overwritten part (HALLO2.md §6.1)."""
+    """Official reader: all 2F rows attend [x; ref tiled] (K/V projected every step), then the
+    uncond rows are overwritten by plain self-attention. Ours never computes the overwritten part
+    and projects the reference once (HALLO2.md §6.1-2); the result must be the same."""
     den = tiny["denoiser"]
     st = den.up_blocks[3].attentions[2]
     tb = st.transformer_blocks[0]
@@ -256,7 +261,8 @@ def test_hooked_attention_equals_the_official_concat_then_overwrite(tiny):
     ref = torch.randn(2, 64, 32, generator=g)
     tokens = torch.randn(2, 4, 32, generator=g).repeat_interleave(f, 0)
     with torch.no_grad():
-        ctx = _Ctx(temb=torch.zeros(1, 128), tokens=tokens, frames=f, ref_features=[ref])
+        kv = tb.attn1.project_kv(ref.half().float())
+        ctx = _Ctx(temb=torch.zeros(1, 128), tokens=tokens, frames=f, ref_kv=[kv])
         got = den._spatial(st, x, ctx)
         t = st.tokens_in(x)
         n1 = tb.norm1(t)

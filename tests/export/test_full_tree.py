@@ -37,7 +37,7 @@ def test_full_random_tree_loads_and_runs(tmp_path):
             tok,
             torch.cat([torch.zeros_like(aud), aud]),
             torch.cat([torch.zeros_like(face), face])[:, :, None],
-            refs,
+            p["denoiser"].reference_kv(refs),
             mots,
             masks,
             masks,

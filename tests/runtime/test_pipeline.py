@@ -271,3 +271,32 @@ def test_separate_vocals_end_to_end_with_a_stand_in_model(tiny_root, tmp_path):
     with av.open(str(out)) as c:
         assert c.streams.audio[0].rate == 16000  # the original audio is muxed, not the stem
         assert sum(1 for _ in c.decode(video=0)) == 15
+
+
+def test_split_reference_rows_equal_the_official_six_row_bank(tiny):
+    """Reference rows once per video + 4 motion rows per clip == the official batch of 6."""
+    from hallo2rt.engines.bank import (
+        reference_token_rows,
+        reference_tokens_official,
+        split_reference_bank,
+    )
+
+    ref_net = tiny["reference_unet"]
+    g = torch.Generator().manual_seed(0)
+    ref, motion = torch.randn(1, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    tokens = torch.randn(2, 4, 32, generator=g)
+    ref_rows, motion_rows = reference_token_rows(2)
+    assert (ref_rows, motion_rows) == ([0, 1], [1, 0, 0, 1])
+    t0 = torch.tensor(0)
+    with torch.no_grad():
+        official = ref_net(
+            torch.cat([ref, motion]).repeat(2, 1, 1, 1), t0, reference_tokens_official(tokens)
+        )
+        ref_bank = ref_net(ref.expand(2, -1, -1, -1), t0, tokens[ref_rows])
+        mot_bank = ref_net(motion.repeat(2, 1, 1, 1), t0, tokens[motion_rows])
+    for o, r, mo in zip(official, ref_bank, mot_bank, strict=True):
+        want_ref, want_motion = split_reference_bank(o)
+        torch.testing.assert_close(r, want_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            mo.reshape(2, 2, *mo.shape[1:]), want_motion, rtol=1e-5, atol=1e-5
+        )
