@@ -62,8 +62,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except the empty ones (None, False) whose help already says what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="hallo2rt", formatter_class=fmt, description="Deploy Hallo2 portrait animation fast."
     )
@@ -97,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="x0,y0,x1,y1 of the lips (default: from the detected mouth corners, or "
                 "estimated from the face box)",
             )
-            p.add_argument("--face-expand-ratio", type=float, default=1.2)
+            p.add_argument(
+                "--face-expand-ratio",
+                type=float,
+                default=1.2,
+                help="face rectangle expansion about its centre (official)",
+            )
             p.add_argument("--size", type=int, default=512, help="output side (multiple of 64)")
             p.add_argument(
                 "--separate-vocals",

@@ -300,3 +300,31 @@ def test_split_reference_rows_equal_the_official_six_row_bank(tiny):
         torch.testing.assert_close(
             mo.reshape(2, 2, *mo.shape[1:]), want_motion, rtol=1e-5, atol=1e-5
         )
+
+
+def test_interrupt_mid_run_leaves_no_output(models, tmp_path):
+    from hallo2rt.runtime.pipeline import generate_video
+
+    calls = [0]
+
+    def denoise(*args):
+        calls[0] += 1
+        if calls[0] == 3:  # second clip, first step
+            raise KeyboardInterrupt
+        return models.denoise(*args)
+
+    write_audio(tmp_path / "a.wav", 1.0)
+    out = tmp_path / "o.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        generate_video(
+            replace(models, denoise=denoise),
+            ASSETS / "portrait.jpg",
+            tmp_path / "a.wav",
+            out,
+            (180, 78, 262, 182),
+            np.ones(64, np.float32),
+            RunConfig(steps=2),
+            size=64,
+        )
+    assert calls[0] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
