@@ -119,6 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
                 help="isolate the voice with audio_separator/Kim_Vocal_2.onnx first",
             )
             _add_run_options(p)
+        elif name == "export":
+            p.add_argument(
+                "--checkpoints",
+                required=True,
+                type=Path,
+                help="the official pretrained_models/ folder",
+            )
+            p.add_argument("--out", required=True, type=Path, help="engine directory to write")
+            p.add_argument(
+                "--precision",
+                choices=("fp32", "fp16"),
+                default="fp32",
+                help="graph precision (fp16 export is not built yet)",
+            )
+            p.add_argument("--only", help="comma-separated engine names (default: all)")
+            p.add_argument("--size", type=int, default=512, help="image side (multiple of 64)")
+            p.add_argument("--frames", type=int, default=16, help="frames per clip")
+            p.add_argument(
+                "--sr-frames",
+                type=int,
+                default=16,
+                help="largest temporal window of the face restorer",
+            )
         elif name == "demo":
             p.add_argument("--out", type=Path, default=Path("demo.mp4"), help="output .mp4")
             p.add_argument(
@@ -283,7 +306,27 @@ def demo_model(cache: Path) -> Path:
     return root
 
 
-COMMANDS = {"generate": cmd_generate, "demo": cmd_demo}
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.precision == "fp16":
+        return _not_built("export --precision fp16")
+    from hallo2rt.export.graphs import GraphShapes
+    from hallo2rt.export.onnx import export_engines
+
+    only = [n.strip() for n in args.only.split(",")] if args.only else None
+    shapes = GraphShapes(size=args.size, frames=args.frames, sr_frames=args.sr_frames)
+    manifests = export_engines(args.checkpoints, args.out, only, shapes)
+    for name, m in manifests.items():
+        worst = max(v["rel"] for v in m["parity"]["outputs"].values())
+        print(
+            f"{name:15s} {m['onnx_bytes'] / 1e6:9.1f} MB  {m['export_seconds']:7.1f} s  "
+            f"parity max rel {worst:.2e}",
+            file=sys.stderr,
+        )
+    print(f"wrote {len(manifests)} engine(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "demo": cmd_demo, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

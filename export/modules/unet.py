@@ -481,11 +481,12 @@ class Denoiser(_UNet):
         t = st.tokens_in(x)
         n1 = tb.norm1(t)
         f = ctx.frames
-        rows = [(f + k) % 2 for k in range(f)]  # official interleaving: frame j reads ref[(F+j)%2]
+        # official interleaving: frame j reads ref[(F + j) % 2] (a constant Gather when exported)
+        rows = torch.tensor([(f + k) % 2 for k in range(f)], device=x.device)
         a_u = tb.attn1(n1[:f])  # uncond half: plain self-attention, no reference
         k_self, v_self = tb.attn1.project_kv(n1[f:])
-        k = torch.cat([k_self, k_ref[rows].to(k_self.dtype)], dim=1)  # (F, 2L, C)
-        v = torch.cat([v_self, v_ref[rows].to(v_self.dtype)], dim=1)
+        k = torch.cat([k_self, k_ref.index_select(0, rows).to(k_self.dtype)], dim=1)  # (F, 2L, C)
+        v = torch.cat([v_self, v_ref.index_select(0, rows).to(v_self.dtype)], dim=1)
         a_c = tb.attn1.attend(tb.attn1.to_q(n1[f:]), k, v)
         t = tb.tail(torch.cat([a_u, a_c]) + t, ctx.tokens)
         return st.tokens_out(t, x)

@@ -1,0 +1,108 @@
+"""EngineSpec: the one description of an engine's inputs and outputs (STYLE.md §1).
+
+ONNX export, parity checks, (later) TensorRT profiles, buffer allocation and feed validation all
+read it; nothing restates an engine's I/O elsewhere. Dims are ints, or symbol names with a
+(min, opt, max) range in ``profiles`` where the work is truly variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str  # graph input/output name
+    dtype: str  # "float32" | "float16" | "int64"
+    dims: tuple[int | str, ...]  # ints, or symbols defined in the engine's profiles
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TensorSpec {self.name}: dtype {self.dtype!r} not in {list(DTYPES)}")
+
+    def shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        """Concrete shape with each symbol replaced by ``sizes[symbol]``."""
+        return tuple(sizes[d] if isinstance(d, str) else d for d in self.dims)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str  # one of DESIGN.md's engine names
+    inputs: tuple[TensorSpec, ...]  # in graph order
+    outputs: tuple[TensorSpec, ...]  # in graph order
+    profiles: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # symbol: min/opt/max
+    notes: str = ""  # what runs where, precision pins and why
+    tolerances: dict[str, float] = field(default_factory=dict)  # output prefix: looser rel tol
+
+    def tolerance(self, output: str, default: float) -> float:
+        """The parity tolerance of ``output``: the default unless the spec says why not."""
+        looser = [v for k, v in self.tolerances.items() if output.startswith(k)]
+        return max([default, *looser])
+
+    def __post_init__(self) -> None:
+        used = {d for t in self.inputs + self.outputs for d in t.dims if isinstance(d, str)}
+        missing = used - set(self.profiles)
+        if missing:
+            raise ValueError(f"EngineSpec {self.name}: symbols {sorted(missing)} have no profile")
+        names = [t.name for t in self.inputs + self.outputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"EngineSpec {self.name}: duplicate tensor names")
+
+    def sizes(self, which: str = "opt") -> dict[str, int]:
+        """Symbol sizes at the profile's min, opt or max."""
+        idx = {"min": 0, "opt": 1, "max": 2}[which]
+        return {k: v[idx] for k, v in self.profiles.items()}
+
+    def validate_feed(self, feed: dict[str, torch.Tensor]) -> None:
+        """Names, dtypes and shapes of ``feed`` against the inputs; one error lists them all."""
+        problems = []
+        expected = {t.name: t for t in self.inputs}
+        for name in expected.keys() - feed.keys():
+            problems.append(f"missing input {name!r}")
+        for name in feed.keys() - expected.keys():
+            problems.append(f"unexpected input {name!r}")
+        bound: dict[str, int] = {}
+        for name in expected.keys() & feed.keys():
+            spec, value = expected[name], feed[name]
+            if value.dtype != DTYPES[spec.dtype]:
+                problems.append(f"{name}: dtype {value.dtype} != {spec.dtype}")
+            if value.dim() != len(spec.dims):
+                problems.append(f"{name}: rank {value.dim()} != {len(spec.dims)}")
+                continue
+            for axis, (want, got) in enumerate(zip(spec.dims, value.shape, strict=True)):
+                if isinstance(want, int) and want != got:
+                    problems.append(f"{name}: dim {axis} is {got}, expected {want}")
+                elif isinstance(want, str):
+                    lo, _, hi = self.profiles[want]
+                    if not lo <= got <= hi or bound.setdefault(want, got) != got:
+                        problems.append(
+                            f"{name}: dim {axis} ({want}) is {got}, expected "
+                            f"{bound.get(want, f'{lo}..{hi}')}"
+                        )
+        if problems:
+            raise ValueError(f"bad feed for engine {self.name}: " + "; ".join(sorted(problems)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "inputs": [
+                {"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in self.inputs
+            ],
+            "outputs": [
+                {"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in self.outputs
+            ],
+            "profiles": {k: list(v) for k, v in self.profiles.items()},
+            "notes": self.notes,
+            "tolerances": self.tolerances,
+        }
+
+    def digest(self) -> str:
+        """Stable hash of the spec (cache keys)."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]

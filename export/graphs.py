@@ -1,0 +1,393 @@
+"""One pure export wrapper and one EngineSpec per engine (DESIGN.md "Engines", STYLE.md §1-2).
+
+Each wrapper takes the spec's inputs positionally and returns the spec's outputs as a tuple: no
+dicts, no hooks, no state. ``build_graph(name, pretrained, shapes)`` returns the wrapper, its spec
+and a maker of valid random inputs (export example and parity feed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engines.spec import EngineSpec, TensorSpec
+from .checkpoints import Pretrained
+from .modules.layers import round_to_fp16
+
+ENGINES = (
+    "audio_encoder",
+    "audio_proj",
+    "image_proj",
+    "face_locator",
+    "vae_encoder",
+    "reference_unet",
+    "denoiser_step",
+    "vae_decoder",
+    "face_restorer",
+    "bg_upsampler",
+)
+SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+
+
+@dataclass(frozen=True)
+class GraphShapes:
+    """What fixes engine shapes at export (part of the build's cache key)."""
+
+    size: int = 512  # image side (latents are size / 8)
+    frames: int = 16  # frames per clip
+    motion_frames: int = 2  # M
+    sr_frames: int = 16  # largest temporal window of the face restorer
+    max_audio_samples: int = 969_600  # a 60 s segment plus the last segment's padding
+
+    def __post_init__(self) -> None:
+        if self.size % 64:
+            raise ValueError(f"GraphShapes.size = {self.size}: must be a multiple of 64")
+
+
+@dataclass
+class Graph:
+    spec: EngineSpec
+    module: nn.Module  # forward(*inputs) -> tuple(outputs), in spec order
+    make_inputs: Callable[[dict[str, int], torch.Generator], tuple[torch.Tensor, ...]]
+
+
+def _t(name: str, *dims: int | str, dtype: str = "float32") -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(dims))
+
+
+def _randn(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(shape, generator=g)
+
+
+def _rand(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.rand(shape, generator=g)
+
+
+class _Call(nn.Module):
+    """Wrap a module whose forward already is a pure tensor function with one output."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.inner = module
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.inner(*args),)
+
+
+class AudioEncoderGraph(nn.Module):
+    """Normalised 16 kHz audio (1, S) -> features (1, ceil(S / 640), layers, C)."""
+
+    def __init__(self, w2v: nn.Module):
+        super().__init__()
+        self.w2v = w2v
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor]:
+        s = waveform.shape[-1]
+        frames = (s + SAMPLES_PER_FRAME - 1) // SAMPLES_PER_FRAME  # official ceil(S / 16000 * 25)
+        feats = self.w2v.feature_extractor(waveform)
+        feats = F.interpolate(feats, size=frames, mode="linear", align_corners=True)
+        return (self.w2v.encoder(self.w2v.feature_projection(feats.transpose(1, 2))),)
+
+
+class ImageProjGraph(nn.Module):
+    """Embedding (1, E) -> tokens (2, T, C) = [image_proj(0), image_proj(embedding)]."""
+
+    def __init__(self, proj: nn.Module):
+        super().__init__()
+        self.proj = proj
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.proj(torch.cat([torch.zeros_like(embedding), embedding])),)
+
+
+class ReferenceGraph(nn.Module):
+    """ReferenceNet rows -> per hooked block: keys and values (projected with the denoiser's
+    attn1 of that block, on the fp16-rounded features) and the features themselves.
+
+    Per video the runtime feeds the two reference rows and keeps K/V; per clip the 2M motion
+    rows and keeps the features. Nothing after the last hooked norm1 is in the graph.
+    """
+
+    def __init__(self, reference: nn.Module, denoiser: nn.Module):
+        super().__init__()
+        self.reference = reference
+        self.attn1 = nn.ModuleList(
+            [denoiser.get_submodule(n).transformer_blocks[0].attn1 for n in denoiser.hooked_blocks]
+        )
+
+    def forward(self, latents: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        bank = self.reference(latents, torch.zeros((), dtype=torch.int64), tokens)
+        outs: list[torch.Tensor] = []
+        for feat, attn in zip(bank, self.attn1, strict=True):
+            k, v = attn.project_kv(round_to_fp16(feat))
+            outs += [k, v, feat]
+        return tuple(outs)
+
+
+class DenoiserStepGraph(nn.Module):
+    """One sampler step: both CFG halves, CFG combine, DDIM update (x_prev = a x + b v)."""
+
+    def __init__(self, denoiser: nn.Module, levels: int, blocks: int):
+        super().__init__()
+        self.denoiser, self.levels, self.blocks = denoiser, levels, blocks
+
+    def forward(
+        self, latents, timestep, coef, cfg_scale, image_tokens, audio_tokens, face, *rest
+    ) -> tuple[torch.Tensor]:
+        n, lv = self.blocks, self.levels
+        ref_kv = [(rest[2 * i], rest[2 * i + 1]) for i in range(n)]
+        motion = rest[2 * n : 3 * n]
+        masks = rest[3 * n : 3 * n + 3 * lv]
+        scale = rest[3 * n + 3 * lv]
+        audio = torch.cat([torch.zeros_like(audio_tokens), audio_tokens])  # uncond: zeros
+        face2 = torch.cat([torch.zeros_like(face), face])[:, :, None]  # (2, C0, 1, h, w)
+        v = self.denoiser(
+            torch.cat([latents, latents]),
+            timestep,
+            image_tokens,
+            audio,
+            face2,
+            ref_kv,
+            motion,
+            masks[:lv],
+            masks[lv : 2 * lv],
+            masks[2 * lv :],
+            scale,
+        )
+        v = v[:1] + cfg_scale * (v[1:] - v[:1])
+        return (coef[0] * latents + coef[1] * v,)
+
+
+def build_graph(name: str, pre: Pretrained, shapes: GraphShapes = GraphShapes()) -> Graph:
+    """The wrapper, spec and input maker of engine ``name`` from loaded components."""
+    if name not in _BUILDERS:
+        raise KeyError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
+    return _BUILDERS[name](pre, shapes)
+
+
+def _audio_encoder(pre: Pretrained, s: GraphShapes) -> Graph:
+    w = pre.config.wav2vec
+    lo, hi = 16 * SAMPLES_PER_FRAME, s.max_audio_samples
+    spec = EngineSpec(
+        "audio_encoder",
+        (_t("waveform", 1, "samples"),),
+        (_t("features", 1, "audio_frames", w.num_hidden_layers, w.hidden_size),),
+        {
+            "samples": (lo, 960_000 if hi >= 960_000 else hi, hi),
+            "audio_frames": (
+                lo // SAMPLES_PER_FRAME,
+                -(-min(960_000, hi) // SAMPLES_PER_FRAME),
+                -(-hi // SAMPLES_PER_FRAME),
+            ),
+        },
+        "wav2vec2 on one official 60 s segment, normalised outside; all layers out; fp32.",
+    )
+    return Graph(
+        spec, AudioEncoderGraph(pre["audio_encoder"]), lambda z, g: (_randn(g, 1, z["samples"]),)
+    )
+
+
+def _audio_proj(pre: Pretrained, s: GraphShapes) -> Graph:
+    h = pre.config.heads
+    spec = EngineSpec(
+        "audio_proj",
+        (_t("windows", 1, s.frames, h.audio_window, h.audio_blocks, h.audio_channels),),
+        (_t("audio_tokens", 1, s.frames, h.audio_tokens, h.token_dim),),
+        notes="per clip; the first GEMM (K = window x layers x width) accumulates in fp32.",
+    )
+    return Graph(
+        spec,
+        _Call(pre["audio_proj"]),
+        lambda z, g: (_randn(g, 1, s.frames, h.audio_window, h.audio_blocks, h.audio_channels),),
+    )
+
+
+def _image_proj(pre: Pretrained, s: GraphShapes) -> Graph:
+    h = pre.config.heads
+    spec = EngineSpec(
+        "image_proj",
+        (_t("embedding", 1, h.image_embed_dim),),
+        (_t("image_tokens", 2, h.image_tokens, h.token_dim),),
+        notes="per video; row 0 is image_proj(0), the official uncond tokens.",
+    )
+    return Graph(
+        spec,
+        ImageProjGraph(pre["image_proj"]),
+        lambda z, g: (_randn(g, 1, h.image_embed_dim) * 10,),
+    )
+
+
+def _face_locator(pre: Pretrained, s: GraphShapes) -> Graph:
+    c0, lat = pre.config.heads.face_locator_out, s.size // 8
+    spec = EngineSpec(
+        "face_locator",
+        (_t("face_region", 1, 3, s.size, s.size),),
+        (_t("face_feature", 1, c0, lat, lat),),
+        notes="per video, one frame (the official runs 16 identical frames).",
+    )
+    return Graph(
+        spec,
+        _Call(pre["face_locator"]),
+        lambda z, g: (
+            (_rand(g, 1, 1, s.size, s.size) > 0.5).float().expand(1, 3, -1, -1).contiguous(),
+        ),
+    )
+
+
+def _vae_encoder(pre: Pretrained, s: GraphShapes) -> Graph:
+    lat = s.size // 8
+    spec = EngineSpec(
+        "vae_encoder",
+        (_t("pixels", "images", 3, s.size, s.size),),
+        (_t("latents", "images", 4, lat, lat),),
+        {"images": (1, s.motion_frames, s.motion_frames + 1)},
+        "latent mean x 0.18215; per video the portrait, per clip the motion frames.",
+    )
+    return Graph(
+        spec,
+        _Call(pre["vae_encoder"]),
+        lambda z, g: (_rand(g, z["images"], 3, s.size, s.size) * 2 - 1,),
+    )
+
+
+def _vae_decoder(pre: Pretrained, s: GraphShapes) -> Graph:
+    lat = s.size // 8
+    spec = EngineSpec(
+        "vae_decoder",
+        (_t("latents", s.frames, 4, lat, lat),),
+        (_t("pixels", s.frames, 3, s.size, s.size),),
+        notes="a whole clip in one batch (the official decodes frame by frame).",
+    )
+    return Graph(spec, _Call(pre["vae_decoder"]), lambda z, g: (_randn(g, s.frames, 4, lat, lat),))
+
+
+def _reference_unet(pre: Pretrained, s: GraphShapes) -> Graph:
+    den, lat, h = pre["denoiser"], s.size // 8, pre.config.heads
+    outs = []
+    for i, (length, ch) in enumerate(den.hooked_shapes((lat, lat))):
+        outs += [
+            _t(f"ref_k_{i}", "rows", length, ch),
+            _t(f"ref_v_{i}", "rows", length, ch),
+            _t(f"feature_{i}", "rows", length, ch),
+        ]
+    rows = 2 * s.motion_frames
+    spec = EngineSpec(
+        "reference_unet",
+        (_t("latents", "rows", 4, lat, lat), _t("tokens", "rows", h.image_tokens, h.token_dim)),
+        tuple(outs),
+        {"rows": (2, rows, rows)},
+        "t = 0; per video 2 reference rows (keep K/V), per clip 2M motion rows (keep features); "
+        "tokens per row follow the official tiling (engines.bank.reference_token_rows). K/V "
+        "project the fp16-rounded features (HALLO2.md §7): a 1e-6 feature difference can flip "
+        "an element's fp16 rounding by one ulp (~5e-4 relative), hence their looser tolerance.",
+        tolerances={"ref_k_": 1e-3, "ref_v_": 1e-3},
+    )
+    return Graph(
+        spec,
+        ReferenceGraph(pre["reference_unet"], den),
+        lambda z, g: (
+            _randn(g, z["rows"], 4, lat, lat),
+            _randn(g, z["rows"], h.image_tokens, h.token_dim),
+        ),
+    )
+
+
+def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
+    den, cfg = pre["denoiser"], pre.config
+    lat, f, m, h = s.size // 8, s.frames, s.motion_frames, cfg.heads
+    hooked = den.hooked_shapes((lat, lat))
+    levels = len(cfg.unet.block_out_channels)
+    ins = [
+        _t("latents", 1, 4, f, lat, lat),
+        _t("timestep", 1, dtype="int64"),
+        _t("coef", 2),
+        _t("cfg_scale", 1),
+        _t("image_tokens", 2, h.image_tokens, h.token_dim),
+        _t("audio_tokens", 1, f, h.audio_tokens, cfg.motion.audio_attention_dim),
+        _t("face_feature", 1, h.face_locator_out, lat, lat),
+    ]
+    for i, (length, ch) in enumerate(hooked):
+        ins += [_t(f"ref_k_{i}", 2, length, ch), _t(f"ref_v_{i}", 2, length, ch)]
+    ins += [_t(f"motion_{i}", 2, m, length, ch) for i, (length, ch) in enumerate(hooked)]
+    for kind in ("full", "face", "lip"):
+        ins += [_t(f"{kind}_mask_{lv}", 1, (lat >> lv) ** 2) for lv in range(levels)]
+    ins.append(_t("motion_scale", 3))
+    spec = EngineSpec(
+        "denoiser_step",
+        tuple(ins),
+        (_t("next_latents", 1, 4, f, lat, lat),),
+        notes="both CFG halves (uncond: no reference, zero audio and face), CFG "
+        "combine, DDIM x_prev = coef[0] x + coef[1] v.",
+    )
+
+    def make(z, g):
+        vals = [
+            _randn(g, 1, 4, f, lat, lat),
+            torch.tensor([500]),
+            torch.tensor([0.9, -0.1]),
+            torch.tensor([3.5]),
+        ]
+        vals += [_randn(g, *t.dims) for t in ins[4:7]]
+        vals += [_randn(g, *t.dims) for t in ins[7 : 7 + 3 * len(hooked)]]
+        vals += [_rand(g, *t.dims) for t in ins[7 + 3 * len(hooked) : -1]]
+        return tuple(vals) + (torch.tensor([1.0, 0.9, 1.1]),)
+
+    return Graph(spec, DenoiserStepGraph(den, levels, len(hooked)), make)
+
+
+def _face_restorer(pre: Pretrained, s: GraphShapes) -> Graph:
+    spec = EngineSpec(
+        "face_restorer",
+        (_t("faces", 1, "sr_frames", 3, 512, 512), _t("fidelity", 1)),
+        (_t("restored", 1, "sr_frames", 3, 512, 512),),
+        {"sr_frames": (1, s.sr_frames, s.sr_frames)},
+        "temporal CodeFormer on aligned 512^2 crops; frames attend each other.",
+    )
+    return Graph(
+        spec,
+        _Call(pre["face_restorer"]),
+        lambda z, g: (_rand(g, 1, z["sr_frames"], 3, 512, 512) * 2 - 1, torch.tensor([0.5])),
+    )
+
+
+def _bg_upsampler(pre: Pretrained, s: GraphShapes) -> Graph:
+    up = s.size * pre.config.rrdb.scale
+    spec = EngineSpec(
+        "bg_upsampler",
+        (_t("image", 1, 3, s.size, s.size),),
+        (_t("upscaled", 1, 3, up, up),),
+        notes="RealESRGAN untiled.",
+    )
+    return Graph(spec, _Call(pre["bg_upsampler"]), lambda z, g: (_rand(g, 1, 3, s.size, s.size),))
+
+
+_BUILDERS = {
+    "audio_encoder": _audio_encoder,
+    "audio_proj": _audio_proj,
+    "image_proj": _image_proj,
+    "face_locator": _face_locator,
+    "vae_encoder": _vae_encoder,
+    "vae_decoder": _vae_decoder,
+    "reference_unet": _reference_unet,
+    "denoiser_step": _denoiser_step,
+    "face_restorer": _face_restorer,
+    "bg_upsampler": _bg_upsampler,
+}
+
+# Components each engine needs from the checkpoint tree.
+ENGINE_COMPONENTS = {
+    "audio_encoder": ("audio_encoder",),
+    "audio_proj": ("audio_proj",),
+    "image_proj": ("image_proj",),
+    "face_locator": ("face_locator",),
+    "vae_encoder": ("vae_encoder",),
+    "vae_decoder": ("vae_decoder",),
+    "reference_unet": ("reference_unet", "denoiser"),
+    "denoiser_step": ("denoiser",),
+    "face_restorer": ("face_restorer",),
+    "bg_upsampler": ("bg_upsampler",),
+}

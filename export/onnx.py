@@ -1,0 +1,248 @@
+"""Export engines to ONNX, prove each against its PyTorch wrapper in ONNX Runtime, write manifests.
+
+``export_engines(checkpoints, out, ...)`` loads what the requested engines need (every missing
+file reported before anything is written), then per engine: export with the spec's names and
+symbolic dims, check the graph's I/O against the spec, run it in ONNX Runtime (CPU) on random
+inputs at the spec shapes, compare with the wrapper (DESIGN.md thresholds; beyond them the export
+fails and names the output) and write ``model.onnx`` (+ external data when large) with
+``manifest.json``. Each engine directory appears only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from ..engines.spec import EngineSpec
+from .checkpoints import load_pretrained
+from .graphs import ENGINE_COMPONENTS, ENGINES, Graph, GraphShapes, build_graph
+
+log = logging.getLogger(__name__)
+
+FP32_REL_TOL = 1e-4  # DESIGN.md: max |diff| <= 1e-4 * max |ref| per output
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
+OPSET = 17
+
+
+class ParityError(RuntimeError):
+    """An exported graph disagrees with its PyTorch wrapper beyond the threshold."""
+
+
+def _export(graph: Graph, args: tuple[torch.Tensor, ...], path: Path) -> None:
+    spec = graph.spec
+    dynamic = {}
+    for t in spec.inputs + spec.outputs:
+        axes = {i: d for i, d in enumerate(t.dims) if isinstance(d, str)}
+        if axes:
+            dynamic[t.name] = axes
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notes
+        torch.onnx.export(
+            graph.module.eval(),
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            dynamic_axes=dynamic or None,
+            do_constant_folding=True,
+        )
+
+
+def _declare_outputs(model, spec: EngineSpec) -> None:
+    """Write the spec's output shapes into the graph: the TorchScript exporter names dynamic
+    output dims itself (sometimes on the wrong axis); the spec is the contract, and parity
+    checks the real shapes."""
+    for out, t in zip(model.graph.output, spec.outputs, strict=True):
+        shape = out.type.tensor_type.shape
+        del shape.dim[:]
+        for d in t.dims:
+            dim = shape.dim.add()
+            if isinstance(d, str):
+                dim.dim_param = d
+            else:
+                dim.dim_value = d
+
+
+def _consolidate(path: Path, spec: EngineSpec) -> int:
+    """Declare output shapes, re-save with shape inference, external data when large."""
+    import onnx
+
+    model = onnx.load(str(path))
+    _declare_outputs(model, spec)
+    size = model.ByteSize()
+    for leftover in path.parent.iterdir():  # the exporter may have written per-tensor files
+        if leftover != path:
+            leftover.unlink()
+    large = size > EXTERNAL_DATA_BYTES
+    if not large:
+        model = onnx.shape_inference.infer_shapes(model)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=large,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data" if large else None,
+    )
+    return size
+
+
+def check_io(spec: EngineSpec, path: Path) -> None:
+    """The ONNX graph's inputs/outputs have the spec's names, order, ranks and static dims."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    problems = []
+    for kind, want, got in (
+        ("input", spec.inputs, graph.input),
+        ("output", spec.outputs, graph.output),
+    ):
+        if [t.name for t in want] != [v.name for v in got]:
+            problems.append(f"{kind} names {[v.name for v in got]} != spec")
+            continue
+        for t, v in zip(want, got, strict=True):
+            dims = [
+                d.dim_value if d.HasField("dim_value") else d.dim_param
+                for d in v.type.tensor_type.shape.dim
+            ]
+            static = [d for d in t.dims if isinstance(d, int)]
+            got_static = [d for d, w in zip(dims, t.dims, strict=False) if isinstance(w, int)]
+            if len(dims) != len(t.dims) or static != got_static:
+                problems.append(f"{kind} {t.name}: dims {dims} != spec {list(t.dims)}")
+    if problems:
+        raise RuntimeError(
+            f"{path}: graph I/O does not match the {spec.name} spec: " + "; ".join(problems)
+        )
+
+
+def parity(
+    graph: Graph, path: Path, args: tuple[torch.Tensor, ...], rel_tol: float = FP32_REL_TOL
+) -> dict[str, dict[str, float]]:
+    """Run the ONNX graph in ORT (CPU) and the wrapper on ``args``; per-output error numbers."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {t.name: a.numpy() for t, a in zip(graph.spec.inputs, args, strict=True)}
+    got = sess.run([t.name for t in graph.spec.outputs], feed)
+    with torch.no_grad():
+        want = graph.module(*args)
+    numbers, bad = {}, []
+    for t, g, w in zip(graph.spec.outputs, got, want, strict=True):
+        w = w.float()
+        err = float((torch.from_numpy(g).float() - w).abs().max())
+        ref = float(w.abs().max())
+        numbers[t.name] = {"max_abs_diff": err, "max_abs_ref": ref, "rel": err / max(ref, 1e-12)}
+        tol = graph.spec.tolerance(t.name, rel_tol)
+        numbers[t.name]["rel_tol"] = tol
+        if err > tol * max(ref, 1e-12) or g.shape != tuple(w.shape):
+            bad.append(
+                f"{t.name} (max |diff| {err:.3g} vs max |ref| {ref:.3g}, tol {tol:g}, shape "
+                f"{g.shape} vs {tuple(w.shape)})"
+            )
+    if bad:
+        raise ParityError(
+            f"{graph.spec.name}: ONNX Runtime disagrees with PyTorch beyond the "
+            "tolerance x max|ref|: " + "; ".join(bad)
+        )
+    return numbers
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "opset": str(OPSET),
+    }
+
+
+def export_engine(graph: Graph, out_dir: Path, manifest_extra: dict, seed: int = 0) -> dict:
+    """Export one graph into ``out_dir/<name>/`` (written under a temporary name first)."""
+    name = graph.spec.name
+    tmp = out_dir / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        start = time.perf_counter()
+        args = graph.make_inputs(graph.spec.sizes("opt"), torch.Generator().manual_seed(seed))
+        path = tmp / "model.onnx"
+        _export(graph, args, path)
+        size = _consolidate(path, graph.spec)
+        check_io(graph.spec, path)
+        numbers = parity(graph, path, args)
+        manifest = {
+            "engine": name,
+            "spec": graph.spec.to_json(),
+            "spec_digest": graph.spec.digest(),
+            "precision": "fp32",
+            "onnx_sha256": _sha256(path),
+            "onnx_bytes": size,
+            "parity": {
+                "reference": "PyTorch wrapper, fp32, CPU",
+                "runtime": "onnxruntime CPUExecutionProvider",
+                "rel_tol": FP32_REL_TOL,
+                "outputs": numbers,
+            },
+            "export_seconds": round(time.perf_counter() - start, 2),
+            "versions": _versions(),
+            **manifest_extra,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        final = out_dir / name
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+        log.info("exported %s in %.1f s", name, manifest["export_seconds"])
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export_engines(
+    checkpoints: str | Path,
+    out: str | Path,
+    only: Iterable[str] | None = None,
+    shapes: GraphShapes | None = None,
+) -> dict[str, dict]:
+    """Export the requested engines (default: all) of the tree at ``checkpoints`` into ``out``.
+
+    Checkpoints are loaded, and every missing file reported, before ``out`` is created.
+    """
+    shapes = shapes or GraphShapes()
+    names = list(dict.fromkeys(only or ENGINES))
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown:
+        raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
+    components = dict.fromkeys(c for n in names for c in ENGINE_COMPONENTS[n])
+    pre = load_pretrained(checkpoints, components)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {
+        "shapes": dataclasses.asdict(shapes),
+        "model_config": json.loads(json.dumps(dataclasses.asdict(pre.config), default=str)),
+        "sources": {c: pre.files[c] for c in components},
+    }
+    return {n: export_engine(build_graph(n, pre, shapes), out, extra) for n in names}
