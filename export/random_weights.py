@@ -54,10 +54,13 @@ LEGACY_VAE = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj
 def tiny_config() -> ModelConfig:
     """A small model with the real structure (4 levels, 16 hooked blocks, 12 SR stages...).
 
-    64x64 pixels -> 8x8 latents; everything runs in seconds on a CPU.
+    64x64 pixels -> 8x8 latents; everything runs in seconds on a CPU. The UNets use 8 GroupNorm
+    groups (4-8 channels each) so that the deepest maps (1x1 at 64 px) stay well conditioned.
     """
     return ModelConfig(
-        unet=UNetConfig(block_out_channels=(32, 64, 64, 64), cross_attention_dim=32),
+        unet=UNetConfig(
+            block_out_channels=(32, 64, 64, 64), cross_attention_dim=32, norm_num_groups=8
+        ),
         motion=MotionConfig(audio_attention_dim=32),
         heads=HeadsConfig(
             face_locator_channels=(8, 16, 16, 32),

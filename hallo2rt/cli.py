@@ -292,7 +292,7 @@ def demo_model(cache: Path) -> Path:
 
     from hallo2rt.export.random_weights import make_random_pretrained
 
-    root = cache / "demo-tiny-v1"
+    root = cache / "demo-tiny-v2"  # bump when tiny_config() changes
     if (root / "hallo2/net.pth").is_file():
         return root
     cache.mkdir(parents=True, exist_ok=True)
