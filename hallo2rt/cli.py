@@ -39,6 +39,12 @@ def _not_built(name: str) -> int:
     return NOT_BUILT_EXIT
 
 
+def _add_checkpoints(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoints", required=True, type=Path, help="the official pretrained_models/ folder"
+    )
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=40, help="DDIM steps")
     p.add_argument("--cfg", type=float, default=3.5, help="classifier-free guidance scale")
@@ -81,12 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=fmt)
         if name == "generate":
-            p.add_argument(
-                "--checkpoints",
-                required=True,
-                type=Path,
-                help="the official pretrained_models/ folder",
-            )
+            _add_checkpoints(p)
             p.add_argument("--image", required=True, type=Path, help="portrait (JPEG/PNG/...)")
             p.add_argument("--audio", required=True, type=Path, help="driving audio (any format)")
             p.add_argument("--out", required=True, type=Path, help="output .mp4")
@@ -120,12 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
             _add_run_options(p)
         elif name == "export":
-            p.add_argument(
-                "--checkpoints",
-                required=True,
-                type=Path,
-                help="the official pretrained_models/ folder",
-            )
+            _add_checkpoints(p)
             p.add_argument("--out", required=True, type=Path, help="engine directory to write")
             p.add_argument(
                 "--precision",

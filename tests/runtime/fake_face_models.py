@@ -1,4 +1,4 @@
-"""Stand-ins for the official SCRFD / ArcFace ONNX files, with the same input and output layout.
+"""Stand-ins for the official SCRFD / ArcFace / MDX-Net ONNX files, with the same I/O layout.
 
 The detector ignores its input's content and reports chosen anchors; the recogniser is a fixed
 random linear map of the crop. They test our decoding, NMS, alignment and preprocessing, not
@@ -71,3 +71,44 @@ def write_face_models(models_dir: Path, faces, dim: int = 512) -> FakeArcFace:
     arc = FakeArcFace(dim)
     export(arc, (1, 3, 112, 112), models_dir / "glintr100.onnx")
     return arc
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def write_mdx_model(
+    root: Path, factor: float = 1.0, n_fft: int = 2048, dim_f: int = 512, dim_t_log2: int = 5
+) -> None:
+    """``audio_separator/Kim_Vocal_2.onnx`` returning ``factor`` x its input spectrogram, and the
+    ``mdx_model_data.json`` entry audio-separator would find for it (by file hash)."""
+    import json
+
+    from hallo2rt.runtime.vocals import model_hash
+
+    sep = root / "audio_separator"
+    sep.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Scale(factor),
+            (torch.zeros(1, 4, dim_f, 2**dim_t_log2),),
+            str(sep / "Kim_Vocal_2.onnx"),
+            input_names=["input"],
+            dynamo=False,
+        )
+    entry = {
+        "compensate": 1.009,
+        "mdx_dim_f_set": dim_f,
+        "mdx_dim_t_set": dim_t_log2,
+        "mdx_n_fft_scale_set": n_fft,
+        "primary_stem": "Vocals",
+    }
+    (sep / "mdx_model_data.json").write_text(
+        json.dumps({model_hash(sep / "Kim_Vocal_2.onnx"): entry})
+    )

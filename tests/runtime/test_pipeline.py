@@ -230,41 +230,13 @@ def test_image_without_a_face_fails_before_any_output(tiny_root, tmp_path, capsy
 
 def test_separate_vocals_end_to_end_with_a_stand_in_model(tiny_root, tmp_path):
     pytest.importorskip("onnxruntime")
-    import json
     import shutil
-    import warnings
 
-    from hallo2rt.runtime.vocals import model_hash
+    from .fake_face_models import write_mdx_model
 
     root = tmp_path / "pretrained_models"
     shutil.copytree(tiny_root, root)
-    sep = root / "audio_separator"
-    sep.mkdir()
-
-    class Half(torch.nn.Module):
-        def forward(self, x):
-            return x * 0.5
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Half(),
-            (torch.zeros(1, 4, 512, 32),),
-            str(sep / "Kim_Vocal_2.onnx"),
-            input_names=["input"],
-            dynamo=False,
-        )
-    (sep / "mdx_model_data.json").write_text(
-        json.dumps(
-            {
-                model_hash(sep / "Kim_Vocal_2.onnx"): {
-                    "mdx_dim_f_set": 512,
-                    "mdx_dim_t_set": 5,
-                    "mdx_n_fft_scale_set": 2048,
-                }
-            }
-        )
-    )
+    write_mdx_model(root, factor=0.5)
     write_audio(tmp_path / "a.wav", 0.6, rate=16000, channels=1)
     out = tmp_path / "o.mp4"
     assert main(_args(root, tmp_path, tmp_path / "a.wav", out) + ["--separate-vocals"]) == 0

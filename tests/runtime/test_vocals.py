@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import warnings
-
 import numpy as np
 import pytest
-import torch
 
 from hallo2rt.runtime.audio import resample
 from hallo2rt.runtime.media import MediaError
-from hallo2rt.runtime.vocals import MDXParams, demix, model_hash, separate_vocals
+from hallo2rt.runtime.vocals import MDXParams, demix, separate_vocals
+
+from .fake_face_models import write_mdx_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -40,31 +38,8 @@ def test_the_stem_is_what_the_model_returns():
 
 
 def test_release_layout_is_read_by_hash(tmp_path):
-    class Identity(torch.nn.Module):
-        def forward(self, x):
-            return x * 1.0
-
+    write_mdx_model(tmp_path)
     sep = tmp_path / "audio_separator"
-    sep.mkdir()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Identity(),
-            (torch.zeros(1, 4, 512, 32),),
-            str(sep / "Kim_Vocal_2.onnx"),
-            input_names=["input"],
-            dynamo=False,
-        )
-    table = {
-        model_hash(sep / "Kim_Vocal_2.onnx"): {
-            "compensate": 1.009,
-            "mdx_dim_f_set": 512,
-            "mdx_dim_t_set": 5,
-            "mdx_n_fft_scale_set": 2048,
-            "primary_stem": "Vocals",
-        }
-    }
-    (sep / "mdx_model_data.json").write_text(json.dumps(table))
     mix = _tone(1.0)
     out = separate_vocals(mix, tmp_path)
     assert np.abs(out - mix)[:, 2048:-2048].max() < 1e-3
