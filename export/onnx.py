@@ -75,18 +75,17 @@ def _declare_outputs(model, spec: EngineSpec) -> None:
 
 
 def _consolidate(path: Path, spec: EngineSpec) -> int:
-    """Declare output shapes, re-save with shape inference, external data when large."""
+    """Declare output shapes and re-save: one external data file when the weights pass ~2 GB
+    (a protobuf cannot be serialised beyond that), shape inference on the saved file."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path))  # pulls in any per-tensor files the exporter wrote
     _declare_outputs(model, spec)
-    size = model.ByteSize()
-    for leftover in path.parent.iterdir():  # the exporter may have written per-tensor files
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    for leftover in path.parent.iterdir():
         if leftover != path:
             leftover.unlink()
     large = size > EXTERNAL_DATA_BYTES
-    if not large:
-        model = onnx.shape_inference.infer_shapes(model)
     onnx.save_model(
         model,
         str(path),
@@ -94,6 +93,7 @@ def _consolidate(path: Path, spec: EngineSpec) -> int:
         all_tensors_to_one_file=True,
         location="model.onnx.data" if large else None,
     )
+    onnx.shape_inference.infer_shapes_path(str(path))
     return size
 
 
@@ -160,10 +160,13 @@ def parity(
 
 
 def _sha256(path: Path) -> str:
+    """Hash of the graph and, when present, its external data file."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
+    for part in (path, path.with_name(path.name + ".data")):
+        if part.is_file():
+            with open(part, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 24), b""):
+                    h.update(block)
     return h.hexdigest()
 
 

@@ -197,3 +197,14 @@ def test_onnx_outputs_are_finite_at_the_profile_extremes(exported, tiny):
         (pixels,) = graph.make_inputs(graph.spec.sizes(which), torch.Generator().manual_seed(1))
         (latents,) = sess.run(None, {"pixels": pixels.numpy()})
         assert latents.shape[0] == pixels.shape[0] and np.isfinite(latents).all()
+
+
+def test_large_models_get_one_external_data_file(tiny_root, tmp_path, monkeypatch):
+    import hallo2rt.export.onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # treat every model as > 2 GB
+    manifest = export_engines(tiny_root, tmp_path, ["face_locator"], SHAPES)["face_locator"]
+    files = sorted(p.name for p in (tmp_path / "face_locator").iterdir())
+    assert files == ["manifest.json", "model.onnx", "model.onnx.data"]
+    assert (tmp_path / "face_locator/model.onnx").stat().st_size < 100_000  # weights are outside
+    assert manifest["parity"]["outputs"]["face_feature"]["rel"] < 1e-4  # ORT found the data
