@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -102,6 +102,20 @@ class EngineSpec:
             "notes": self.notes,
             "tolerances": self.tolerances,
         }
+
+    def with_precision(self, precision: str) -> EngineSpec:
+        """The same engine with float tensors in fp16 ("fp16") or as is ("fp32")."""
+        if precision == "fp32":
+            return self
+        if precision != "fp16":
+            raise ValueError(f"precision {precision!r}: expected fp32 or fp16")
+
+        def cast(t: TensorSpec) -> TensorSpec:
+            return replace(t, dtype="float16") if t.dtype == "float32" else t
+
+        return replace(
+            self, inputs=tuple(map(cast, self.inputs)), outputs=tuple(map(cast, self.outputs))
+        )
 
     def digest(self) -> str:
         """Stable hash of the spec (cache keys)."""

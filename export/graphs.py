@@ -68,14 +68,21 @@ def _rand(g: torch.Generator, *shape: int) -> torch.Tensor:
 
 
 class _Call(nn.Module):
-    """Wrap a module whose forward already is a pure tensor function with one output."""
+    """Wrap a module whose forward already is a pure tensor function of one input."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.inner = module
 
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.inner(*args),)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.inner(x),)
+
+
+class _Call2(_Call):
+    """The same for two inputs (named arguments, as torch.export's dynamic shapes need)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:  # type: ignore[override]
+        return (self.inner(x, y),)
 
 
 class AudioEncoderGraph(nn.Module):
@@ -349,7 +356,7 @@ def _face_restorer(pre: Pretrained, s: GraphShapes) -> Graph:
     )
     return Graph(
         spec,
-        _Call(pre["face_restorer"]),
+        _Call2(pre["face_restorer"]),
         lambda z, g: (_rand(g, 1, z["sr_frames"], 3, 512, 512) * 2 - 1, torch.tensor([0.5])),
     )
 

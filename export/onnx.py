@@ -10,6 +10,7 @@ fails and names the output) and write ``model.onnx`` (+ external data when large
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -29,12 +30,40 @@ from .graphs import ENGINE_COMPONENTS, ENGINES, Graph, GraphShapes, build_graph
 log = logging.getLogger(__name__)
 
 FP32_REL_TOL = 1e-4  # DESIGN.md: max |diff| <= 1e-4 * max |ref| per output
+FP16_MIN_COSINE = 0.999  # DESIGN.md: fp16 graphs vs fp32 PyTorch, cosine per output
+FP32_ONLY = ("audio_encoder",)  # the official keeps wav2vec in fp32; it is cheap
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
 OPSET = 17
 
 
 class ParityError(RuntimeError):
     """An exported graph disagrees with its PyTorch wrapper beyond the threshold."""
+
+
+def _export_fp16(
+    module: torch.nn.Module, spec: EngineSpec, args: tuple[torch.Tensor, ...], path: Path
+) -> None:
+    """fp16 graph through the dynamo exporter (the TorchScript one would trace with a real CPU
+    fp16 forward, ~1000x slower). Norm statistics and the AudioProj GEMM stay fp32 (modules)."""
+    dims = {k: torch.export.Dim(k, min=lo, max=hi) for k, (lo, _, hi) in spec.profiles.items()}
+    dynamic = tuple(
+        {i: dims[d] for i, d in enumerate(t.dims) if isinstance(d, str)} or None
+        for t in spec.inputs
+    )
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            dynamo=True,
+            opset_version=18,
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            dynamic_shapes=dynamic if dims else None,
+            external_data=False,
+            verbose=False,
+        )
 
 
 def _export(graph: Graph, args: tuple[torch.Tensor, ...], path: Path) -> None:
@@ -159,6 +188,42 @@ def parity(
     return numbers
 
 
+def parity_fp16(
+    graph: Graph,
+    spec16: EngineSpec,
+    path: Path,
+    args: tuple[torch.Tensor, ...],
+    min_cosine: float = FP16_MIN_COSINE,
+) -> dict[str, dict[str, float]]:
+    """fp16 graph in ORT (CPU) vs the fp32 wrapper on the same input values: cosine per output."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {
+        t.name: (a.half() if t.dtype == "float16" else a).numpy()
+        for t, a in zip(spec16.inputs, args, strict=True)
+    }
+    got = sess.run([t.name for t in spec16.outputs], feed)
+    with torch.no_grad():  # the same values the fp16 graph saw
+        want = graph.module(*[a.half().float() if a.is_floating_point() else a for a in args])
+    numbers, bad = {}, []
+    for t, g, w in zip(spec16.outputs, got, want, strict=True):
+        g = torch.from_numpy(g).double().flatten()  # float64: a cosine over millions of
+        w = w.double().flatten()  # elements would otherwise round past 1
+        cos = float(torch.nn.functional.cosine_similarity(g, w, dim=0))
+        rel = float((g - w).abs().max() / w.abs().max().clamp(min=1e-12))
+        numbers[t.name] = {"cosine": cos, "rel": rel, "min_cosine": min_cosine}
+        if not cos >= min_cosine:
+            bad.append(f"{t.name} (cosine {cos:.5f})")
+    if bad:
+        raise ParityError(
+            f"{spec16.name} fp16: cosine to fp32 PyTorch below {min_cosine}: " + "; ".join(bad)
+        )
+    return numbers
+
+
 def _sha256(path: Path) -> str:
     """Hash of the graph and, when present, its external data file."""
     h = hashlib.sha256()
@@ -182,9 +247,12 @@ def _versions() -> dict[str, str]:
     }
 
 
-def export_engine(graph: Graph, out_dir: Path, manifest_extra: dict, seed: int = 0) -> dict:
+def export_engine(
+    graph: Graph, out_dir: Path, manifest_extra: dict, seed: int = 0, precision: str = "fp32"
+) -> dict:
     """Export one graph into ``out_dir/<name>/`` (written under a temporary name first)."""
     name = graph.spec.name
+    precision = "fp32" if name in FP32_ONLY else precision
     tmp = out_dir / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -192,21 +260,29 @@ def export_engine(graph: Graph, out_dir: Path, manifest_extra: dict, seed: int =
         start = time.perf_counter()
         args = graph.make_inputs(graph.spec.sizes("opt"), torch.Generator().manual_seed(seed))
         path = tmp / "model.onnx"
-        _export(graph, args, path)
-        size = _consolidate(path, graph.spec)
-        check_io(graph.spec, path)
-        numbers = parity(graph, path, args)
+        spec = graph.spec.with_precision(precision)
+        if precision == "fp16":
+            half = tuple(a.half() if a.is_floating_point() else a for a in args)
+            _export_fp16(copy.deepcopy(graph.module).half(), spec, half, path)
+        else:
+            _export(graph, args, path)
+        size = _consolidate(path, spec)
+        check_io(spec, path)
+        if precision == "fp16":
+            numbers, gate = parity_fp16(graph, spec, path, args), {"min_cosine": FP16_MIN_COSINE}
+        else:
+            numbers, gate = parity(graph, path, args), {"rel_tol": FP32_REL_TOL}
         manifest = {
             "engine": name,
-            "spec": graph.spec.to_json(),
-            "spec_digest": graph.spec.digest(),
-            "precision": "fp32",
+            "spec": spec.to_json(),
+            "spec_digest": spec.digest(),
+            "precision": precision,
             "onnx_sha256": _sha256(path),
             "onnx_bytes": size,
             "parity": {
                 "reference": "PyTorch wrapper, fp32, CPU",
                 "runtime": "onnxruntime CPUExecutionProvider",
-                "rel_tol": FP32_REL_TOL,
+                **gate,
                 "outputs": numbers,
             },
             "export_seconds": round(time.perf_counter() - start, 2),
@@ -217,7 +293,7 @@ def export_engine(graph: Graph, out_dir: Path, manifest_extra: dict, seed: int =
         final = out_dir / name
         shutil.rmtree(final, ignore_errors=True)
         tmp.replace(final)
-        log.info("exported %s in %.1f s", name, manifest["export_seconds"])
+        log.info("exported %s (%s) in %.1f s", name, precision, manifest["export_seconds"])
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -229,6 +305,7 @@ def export_engines(
     out: str | Path,
     only: Iterable[str] | None = None,
     shapes: GraphShapes | None = None,
+    precision: str = "fp32",
 ) -> dict[str, dict]:
     """Export the requested engines (default: all) of the tree at ``checkpoints`` into ``out``.
 
@@ -236,6 +313,8 @@ def export_engines(
     """
     shapes = shapes or GraphShapes()
     names = list(dict.fromkeys(only or ENGINES))
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision {precision!r}: expected fp32 or fp16")
     unknown = [n for n in names if n not in ENGINES]
     if unknown:
         raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
@@ -248,4 +327,7 @@ def export_engines(
         "model_config": json.loads(json.dumps(dataclasses.asdict(pre.config), default=str)),
         "sources": {c: pre.files[c] for c in components},
     }
-    return {n: export_engine(build_graph(n, pre, shapes), out, extra) for n in names}
+    return {
+        n: export_engine(build_graph(n, pre, shapes), out, extra, precision=precision)
+        for n in names
+    }

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CodeFormerConfig
+from .layers import GroupNorm, LayerNorm
 
 
 def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, ch, eps=1e-6)
+    return GroupNorm(32, ch, eps=1e-6)
 
 
 class _ResBlock(nn.Module):
@@ -151,11 +152,11 @@ class _TransformerSALayer(nn.Module):
         self.self_attn = _MHA(dim, heads)
         self.linear1 = nn.Linear(dim, mlp)
         self.linear2 = nn.Linear(mlp, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.temp_norm = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
+        self.temp_norm = LayerNorm(dim)
         self.temp_attn = _MHA(dim, heads)
-        self.temp_ffn_norm = nn.LayerNorm(dim)
+        self.temp_ffn_norm = LayerNorm(dim)
         self.temp_linear1 = nn.Linear(dim, mlp)
         self.temp_linear2 = nn.Linear(mlp, dim)
 
@@ -235,7 +236,7 @@ class CodeFormer(nn.Module):
             ]
         )
         self.idx_pred_layer = nn.Sequential(
-            nn.LayerNorm(cfg.dim_embd), nn.Linear(cfg.dim_embd, cfg.codebook_size, bias=False)
+            LayerNorm(cfg.dim_embd), nn.Linear(cfg.dim_embd, cfg.codebook_size, bias=False)
         )
         self.fuse_convs_dict = nn.ModuleDict({s: _Fuse(cfg.channels[s]) for s in cfg.connect_list})
         # Official: skip features leave the encoder after its 2nd resnet of a level; the

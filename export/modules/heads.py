@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HeadsConfig
+from .layers import LayerNorm
 
 
 class FaceLocator(nn.Module):
@@ -49,7 +50,7 @@ class ImageProj(nn.Module):
         super().__init__()
         self.tokens, self.dim = cfg.image_tokens, cfg.token_dim
         self.proj = nn.Linear(cfg.image_embed_dim, cfg.image_tokens * cfg.token_dim)
-        self.norm = nn.LayerNorm(cfg.token_dim)
+        self.norm = LayerNorm(cfg.token_dim)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(embedding).reshape(-1, self.tokens, self.dim))
@@ -69,11 +70,13 @@ class AudioProj(nn.Module):
         self.proj1 = nn.Linear(width, cfg.audio_intermediate)
         self.proj2 = nn.Linear(cfg.audio_intermediate, cfg.audio_intermediate)
         self.proj3 = nn.Linear(cfg.audio_intermediate, cfg.audio_tokens * cfg.token_dim)
-        self.norm = nn.LayerNorm(cfg.token_dim)
+        self.norm = LayerNorm(cfg.token_dim)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         b, f = windows.shape[:2]
         x = windows.reshape(b * f, -1)  # (B*F, 5*12*768)
-        x = F.relu(self.proj2(F.relu(self.proj1(x))))
+        # K = 46080: accumulate in fp32 even in fp16 engines (a no-op in fp32 runs)
+        h = F.linear(x.float(), self.proj1.weight.float(), self.proj1.bias.float()).to(x.dtype)
+        x = F.relu(self.proj2(F.relu(h)))
         x = self.norm(self.proj3(x).reshape(b * f, self.tokens, self.dim))
         return x.reshape(b, f, self.tokens, self.dim)

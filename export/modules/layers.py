@@ -15,6 +15,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm whose statistics are computed in fp32 for fp16 inputs (same keys; a no-op in
+    fp32). fp16 exports thus keep normalisation in fp32 (HALLO2.md §6.11, DESIGN.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm computed in fp32 for fp16 inputs (same keys; a no-op in fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention with diffusers names: to_q/to_k/to_v (no bias), to_out.0 (bias).
 
@@ -95,10 +118,10 @@ class ResnetBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, groups: int, eps: float, temb_dim: int | None):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.norm1 = GroupNorm(groups, cin, eps=eps)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_dim, cout) if temb_dim else None
-        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.norm2 = GroupNorm(groups, cout, eps=eps)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 

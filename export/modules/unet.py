@@ -24,6 +24,8 @@ from .layers import (
     Attention,
     Downsample,
     FeedForward,
+    GroupNorm,
+    LayerNorm,
     ResnetBlock,
     TimestepEmbedding,
     Upsample,
@@ -39,11 +41,11 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, context_dim: int):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.attn1 = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.attn2 = Attention(dim, heads, context_dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm3 = LayerNorm(dim)
         self.ff = FeedForward(dim)
 
     def tail(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -57,7 +59,7 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, ch: int, heads: int, context_dim: int, groups: int):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, ch, eps=_TF_EPS)
+        self.norm = GroupNorm(groups, ch, eps=_TF_EPS)
         self.proj_in = nn.Conv2d(ch, ch, 1)
         self.transformer_blocks = nn.ModuleList([TransformerBlock(ch, heads, context_dim)])
         self.proj_out = nn.Conv2d(ch, ch, 1)
@@ -86,13 +88,13 @@ class AudioBlock(nn.Module):
         self.zero_conv_face = nn.Conv2d(dim, dim, 1)
         self.zero_conv_lip = nn.Conv2d(dim, dim, 1)
         self.attn1 = Attention(dim, heads)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.attn2_0 = Attention(dim, heads, audio_dim)
         self.attn2_1 = Attention(dim, heads, audio_dim)
         self.attn2_2 = Attention(dim, heads, audio_dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.ff = FeedForward(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm3 = LayerNorm(dim)
 
     def forward(
         self,
@@ -120,7 +122,7 @@ class AudioModule(nn.Module):
 
     def __init__(self, ch: int, inner: int, heads: int, audio_dim: int, groups: int):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, ch, eps=_TF_EPS)
+        self.norm = GroupNorm(groups, ch, eps=_TF_EPS)
         self.proj_in = nn.Conv2d(ch, inner, 1)
         self.transformer_blocks = nn.ModuleList([AudioBlock(inner, heads, audio_dim)])
         self.proj_out = nn.Conv2d(inner, ch, 1)
@@ -188,15 +190,15 @@ class _TemporalBlock(nn.Module):
         self.attention_blocks = nn.ModuleList(
             [TemporalAttention(ch, heads, max_len) for _ in range(2)]
         )
-        self.norms = nn.ModuleList([nn.LayerNorm(ch) for _ in range(2)])
+        self.norms = nn.ModuleList([LayerNorm(ch) for _ in range(2)])
         self.ff = FeedForward(ch)
-        self.ff_norm = nn.LayerNorm(ch)
+        self.ff_norm = LayerNorm(ch)
 
 
 class _TemporalTransformer(nn.Module):
     def __init__(self, ch: int, cfg: MotionConfig):
         super().__init__()
-        self.norm = nn.GroupNorm(cfg.motion_norm_groups, ch, eps=_TF_EPS)
+        self.norm = GroupNorm(cfg.motion_norm_groups, ch, eps=_TF_EPS)
         self.proj_in = nn.Linear(ch, ch)
         self.transformer_blocks = nn.ModuleList(
             [_TemporalBlock(ch, cfg.motion_heads, cfg.motion_pe_max_len)]
@@ -446,7 +448,7 @@ class Denoiser(_UNet):
                 blk.audio_modules = nn.ModuleList(
                     [AudioModule(rev[i], skip_in, heads, adim, g) for _ in range(layers)]
                 )
-        self.conv_norm_out = nn.GroupNorm(g, ch[0], eps=cfg.norm_eps)
+        self.conv_norm_out = GroupNorm(g, ch[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
     def _layer(self, blk, kind, level, j, x, ctx):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VAEConfig
-from .layers import Downsample, ResnetBlock, Upsample
+from .layers import Downsample, GroupNorm, ResnetBlock, Upsample
 
 _EPS = 1e-6  # every VAE GroupNorm
 
@@ -23,7 +23,7 @@ class VAEAttention(nn.Module):
 
     def __init__(self, ch: int, groups: int):
         super().__init__()
-        self.group_norm = nn.GroupNorm(groups, ch, eps=_EPS)
+        self.group_norm = GroupNorm(groups, ch, eps=_EPS)
         self.to_q = nn.Linear(ch, ch)
         self.to_k = nn.Linear(ch, ch)
         self.to_v = nn.Linear(ch, ch)
@@ -92,7 +92,7 @@ class _Encoder(nn.Module):
             ]
         )
         self.mid_block = _MidBlock(ch[-1], g)
-        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=_EPS)
+        self.conv_norm_out = GroupNorm(g, ch[-1], eps=_EPS)
         self.conv_out = nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ class _Decoder(nn.Module):
                 for i in range(len(ch))
             ]
         )
-        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=_EPS)
+        self.conv_norm_out = GroupNorm(g, ch[-1], eps=_EPS)
         self.conv_out = nn.Conv2d(ch[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

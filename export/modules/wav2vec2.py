@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Wav2Vec2Config
+from .layers import GroupNorm, LayerNorm
 
 
 class _ConvLayer(nn.Module):
@@ -20,7 +21,7 @@ class _ConvLayer(nn.Module):
         super().__init__()
         self.conv = nn.Conv1d(cin, cout, k, stride=s, bias=bias)
         # "group" feature-extractor norm: GroupNorm with one group per channel, first layer only.
-        self.layer_norm = nn.GroupNorm(cout, cout, affine=True) if group_norm else None
+        self.layer_norm = GroupNorm(cout, cout, affine=True) if group_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
@@ -57,7 +58,7 @@ class _FeatureExtractor(nn.Module):
 class _FeatureProjection(nn.Module):
     def __init__(self, cfg: Wav2Vec2Config):
         super().__init__()
-        self.layer_norm = nn.LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
+        self.layer_norm = LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
         self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,9 +122,9 @@ class _EncoderLayer(nn.Module):
         super().__init__()
         d, eps = cfg.hidden_size, cfg.layer_norm_eps
         self.attention = _SelfAttention(d, cfg.num_attention_heads)
-        self.layer_norm = nn.LayerNorm(d, eps=eps)
+        self.layer_norm = LayerNorm(d, eps=eps)
         self.feed_forward = _FeedForward(d, cfg.intermediate_size)
-        self.final_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.final_layer_norm = LayerNorm(d, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer_norm(x + self.attention(x))
@@ -134,7 +135,7 @@ class _Encoder(nn.Module):
     def __init__(self, cfg: Wav2Vec2Config):
         super().__init__()
         self.pos_conv_embed = _PosConv(cfg)
-        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layer_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList([_EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

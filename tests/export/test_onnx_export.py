@@ -184,7 +184,6 @@ def test_export_cli(tiny_root, tmp_path, capsys):
     assert main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["face_locator", "image_proj"]
     assert "parity max rel" in capsys.readouterr().err
-    assert main(argv + ["--precision", "fp16"]) == 2
     assert main(argv[:-1] + ["nonsense"]) == 1
     assert "unknown engines" in capsys.readouterr().err
 
@@ -208,3 +207,61 @@ def test_large_models_get_one_external_data_file(tiny_root, tmp_path, monkeypatc
     assert files == ["manifest.json", "model.onnx", "model.onnx.data"]
     assert (tmp_path / "face_locator/model.onnx").stat().st_size < 100_000  # weights are outside
     assert manifest["parity"]["outputs"]["face_feature"]["rel"] < 1e-4  # ORT found the data
+
+
+def _input_dtypes(path, op_types):
+    """(op type, dtype of its first input) for every node of the given types."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    name = onnx.TensorProto.DataType.Name
+    return [(n.op_type, name(types.get(n.input[0], 0))) for n in g.node if n.op_type in op_types]
+
+
+@pytest.mark.parametrize("name", ["audio_proj", "image_proj", "vae_decoder", "vae_encoder"])
+def test_fp16_export_keeps_norms_and_the_audio_gemm_in_fp32(tiny_root, tmp_path, name):
+    manifest = export_engines(tiny_root, tmp_path, [name], SHAPES, precision="fp16")[name]
+    assert manifest["precision"] == "fp16"
+    assert all(t["dtype"] != "float32" for t in manifest["spec"]["inputs"])
+    for output, numbers in manifest["parity"]["outputs"].items():
+        assert numbers["cosine"] >= 0.999, output
+    ops = _input_dtypes(
+        tmp_path / name / "model.onnx",
+        {
+            "Conv",
+            "MatMul",
+            "Gemm",
+            "InstanceNormalization",
+            "GroupNormalization",
+            "LayerNormalization",
+        },
+    )
+    norms = [d for op, d in ops if op.endswith("Normalization")]
+    assert norms and set(norms) == {"FLOAT"}  # statistics in fp32
+    compute = {d for op, d in ops if op in ("Conv", "MatMul")}
+    assert "FLOAT16" in compute or name in ("audio_proj", "image_proj")  # heavy ops in fp16
+    if name == "audio_proj":
+        gemms = [d for op, d in ops if op == "Gemm"]
+        assert gemms[0] == "FLOAT" and "FLOAT16" in gemms[1:]  # K = 46080 GEMM in fp32
+
+
+def test_fp16_cli_and_fp32_only_audio_encoder(tiny_root, tmp_path, capsys):
+    argv = [
+        "export",
+        "--checkpoints",
+        str(tiny_root),
+        "--out",
+        str(tmp_path),
+        "--size",
+        "64",
+        "--only",
+        "image_proj,audio_encoder",
+        "--precision",
+        "fp16",
+    ]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "image_proj      fp16" in err and "audio_encoder   fp32" in err
