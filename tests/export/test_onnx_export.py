@@ -265,3 +265,11 @@ def test_fp16_cli_and_fp32_only_audio_encoder(tiny_root, tmp_path, capsys):
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "image_proj      fp16" in err and "audio_encoder   fp32" in err
+
+
+@pytest.mark.slow
+def test_fp16_denoiser_step(tiny_root, tmp_path):
+    """~3 min (the dynamo export of the step graph); run with -m slow."""
+    shapes = GraphShapes(size=64, frames=16)
+    m = export_engines(tiny_root, tmp_path, ["denoiser_step"], shapes, "fp16")["denoiser_step"]
+    assert m["parity"]["outputs"]["next_latents"]["cosine"] >= 0.999
