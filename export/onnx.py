@@ -45,6 +45,10 @@ def _export_fp16(
 ) -> None:
     """fp16 graph through the dynamo exporter (the TorchScript one would trace with a real CPU
     fp16 forward, ~1000x slower). Norm statistics and the AudioProj GEMM stay fp32 (modules)."""
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+    except ImportError as exc:
+        raise RuntimeError("fp16 export needs onnxscript: pip install onnxscript") from exc
     dims = {k: torch.export.Dim(k, min=lo, max=hi) for k, (lo, _, hi) in spec.profiles.items()}
     dynamic = tuple(
         {i: dims[d] for i, d in enumerate(t.dims) if isinstance(d, str)} or None
