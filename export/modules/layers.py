@@ -15,6 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _norm_in_fp32(fn, x: torch.Tensor, arg, weight, bias, eps: float) -> torch.Tensor:
+    """``fn(x, arg, weight, bias, eps)`` (F.group_norm / F.layer_norm) in fp32, cast back."""
+    w = None if weight is None else weight.float()
+    b = None if bias is None else bias.float()
+    return fn(x.float(), arg, w, b, eps).to(x.dtype)
+
+
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm whose statistics are computed in fp32 for fp16 inputs (same keys; a no-op in
     fp32). fp16 exports thus keep normalisation in fp32 (HALLO2.md §6.11, DESIGN.md)."""
@@ -22,9 +29,7 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
             return super().forward(x)
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+        return _norm_in_fp32(F.group_norm, x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -33,9 +38,9 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
             return super().forward(x)
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+        return _norm_in_fp32(
+            F.layer_norm, x, self.normalized_shape, self.weight, self.bias, self.eps
+        )
 
 
 class Attention(nn.Module):
