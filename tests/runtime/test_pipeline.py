@@ -389,3 +389,14 @@ def load_torch_models_from(tiny):
         dtype=torch.float32,
         embedding_dim=64,
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only machine")
+@pytest.mark.parametrize(
+    ("extra", "want"), [(["--device", "cuda"], "no CUDA GPU"), (["--dtype", "fp16"], "needs a GPU")]
+)
+def test_device_and_dtype_errors_on_a_cpu_machine(tiny_root, tmp_path, capsys, extra, want):
+    write_audio(tmp_path / "a.wav", 0.4)
+    out = tmp_path / "o.mp4"
+    assert main(_args(tiny_root, tmp_path, tmp_path / "a.wav", out) + extra) == 1
+    assert want in capsys.readouterr().err and not out.exists()
