@@ -158,17 +158,27 @@ def check_io(spec: EngineSpec, path: Path) -> None:
         )
 
 
-def parity(
-    graph: Graph, path: Path, args: tuple[torch.Tensor, ...], rel_tol: float = FP32_REL_TOL
-) -> dict[str, dict[str, float]]:
-    """Run the ONNX graph in ORT (CPU) and the wrapper on ``args``; per-output error numbers."""
+def _ort_run(path: Path, names: list[str], feed: dict) -> list:
+    """Run the graph once in ORT (CPU), then release the session and its memory, so that the
+    PyTorch reference forward that follows does not add to ORT's peak (full-size exports)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = False
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return sess.run(names, feed)
+    finally:
+        del sess
+
+
+def parity(
+    graph: Graph, path: Path, args: tuple[torch.Tensor, ...], rel_tol: float = FP32_REL_TOL
+) -> dict[str, dict[str, float]]:
+    """Run the ONNX graph in ORT (CPU) and the wrapper on ``args``; per-output error numbers."""
     feed = {t.name: a.numpy() for t, a in zip(graph.spec.inputs, args, strict=True)}
-    got = sess.run([t.name for t in graph.spec.outputs], feed)
+    got = _ort_run(path, [t.name for t in graph.spec.outputs], feed)
     with torch.no_grad():
         want = graph.module(*args)
     numbers, bad = {}, []
@@ -200,16 +210,11 @@ def parity_fp16(
     min_cosine: float = FP16_MIN_COSINE,
 ) -> dict[str, dict[str, float]]:
     """fp16 graph in ORT (CPU) vs the fp32 wrapper on the same input values: cosine per output."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {
         t.name: (a.half() if t.dtype == "float16" else a).numpy()
         for t, a in zip(spec16.inputs, args, strict=True)
     }
-    got = sess.run([t.name for t in spec16.outputs], feed)
+    got = _ort_run(path, [t.name for t in spec16.outputs], feed)
     with torch.no_grad():  # the same values the fp16 graph saw
         want = graph.module(*[a.half().float() if a.is_floating_point() else a for a in args])
     numbers, bad = {}, []
