@@ -207,13 +207,14 @@ def generate_video(
             f"expects {models.embedding_dim} (the raw ArcFace embedding)"
         )
     rgb = load_image(image)
-    native = load_audio(audio, sample_rate=None, mono=False)  # muxed into the output as is
+    native = load_audio(audio, sample_rate=None, mono=False)  # decoded once; muxed as is
+    samples, rate = native
     if separate is None:
-        wave16, _ = load_audio(audio)
+        wave16 = resample(samples, rate, 16000, mono=True)
     else:  # features from the isolated voice (official --separate-vocals path)
-        stereo, rate = load_audio(audio, sample_rate=VOCALS_RATE, mono=False)
+        stereo = resample(samples, rate, VOCALS_RATE, mono=False)
         vocals = separate(np.repeat(stereo, 2, axis=0) if stereo.shape[0] == 1 else stereo)
-        wave16 = resample(vocals, rate, 16000, mono=True)
+        wave16 = resample(vocals, VOCALS_RATE, 16000, mono=True)
     portrait = build_portrait(rgb, size, face_box, embedding, lip_box, face_expand_ratio)
     dev = models.device
 
