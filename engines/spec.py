@@ -104,14 +104,13 @@ class EngineSpec:
         }
 
     def with_precision(self, precision: str) -> EngineSpec:
-        """The same engine with float tensors in fp16 ("fp16") or as is ("fp32")."""
-        if precision == "fp32":
-            return self
-        if precision != "fp16":
+        """The same engine with its float tensors in fp16 ("fp16") or fp32 ("fp32")."""
+        if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision {precision!r}: expected fp32 or fp16")
+        want = "float16" if precision == "fp16" else "float32"
 
         def cast(t: TensorSpec) -> TensorSpec:
-            return replace(t, dtype="float16") if t.dtype == "float32" else t
+            return replace(t, dtype=want) if t.dtype in ("float32", "float16") else t
 
         return replace(
             self, inputs=tuple(map(cast, self.inputs)), outputs=tuple(map(cast, self.outputs))
@@ -120,3 +119,39 @@ class EngineSpec:
     def digest(self) -> str:
         """Stable hash of the spec (cache keys)."""
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def spec_from_json(data: dict[str, Any]) -> EngineSpec:
+    """Inverse of ``EngineSpec.to_json`` (manifests carry the spec they were built from)."""
+
+    def tensors(key: str) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in data[key])
+
+    return EngineSpec(
+        data["name"],
+        tensors("inputs"),
+        tensors("outputs"),
+        {k: tuple(v) for k, v in data.get("profiles", {}).items()},
+        data.get("notes", ""),
+        dict(data.get("tolerances", {})),
+    )
+
+
+def random_feed(
+    spec: EngineSpec,
+    sizes: dict[str, int],
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Valid inputs for ``spec`` at ``sizes``: floats ~ N(0, 1), integers (time steps) in
+    [0, 1000). Both sides of a build check compute the same function, so any valid values do."""
+    g = torch.Generator().manual_seed(seed)
+    feed = {}
+    for t in spec.inputs:
+        shape = t.shape(sizes)
+        if t.dtype == "int64":
+            value = torch.randint(0, 1000, shape, generator=g)
+        else:
+            value = torch.randn(shape, generator=g).to(DTYPES[t.dtype])
+        feed[t.name] = value.to(device)
+    return feed

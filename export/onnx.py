@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -23,21 +23,23 @@ from pathlib import Path
 
 import torch
 
+from ..engines.manifest import sha256_files
+from ..engines.parity import (  # noqa: F401  (ParityError: part of this module's API)
+    FP16_MIN_COSINE,
+    FP32_REL_TOL,
+    ParityError,
+    compare_fp16,
+    compare_fp32,
+)
 from ..engines.spec import EngineSpec
 from .checkpoints import load_pretrained
 from .graphs import ENGINE_COMPONENTS, ENGINES, Graph, GraphShapes, build_graph
 
 log = logging.getLogger(__name__)
 
-FP32_REL_TOL = 1e-4  # DESIGN.md: max |diff| <= 1e-4 * max |ref| per output
-FP16_MIN_COSINE = 0.999  # DESIGN.md: fp16 graphs vs fp32 PyTorch, cosine per output
 FP32_ONLY = ("audio_encoder",)  # the official keeps wav2vec in fp32; it is cheap
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
 OPSET = 17
-
-
-class ParityError(RuntimeError):
-    """An exported graph disagrees with its PyTorch wrapper beyond the threshold."""
 
 
 def _export_fp16(
@@ -181,25 +183,8 @@ def parity(
     got = _ort_run(path, [t.name for t in graph.spec.outputs], feed)
     with torch.no_grad():
         want = graph.module(*args)
-    numbers, bad = {}, []
-    for t, g, w in zip(graph.spec.outputs, got, want, strict=True):
-        w = w.float()
-        err = float((torch.from_numpy(g).float() - w).abs().max())
-        ref = float(w.abs().max())
-        numbers[t.name] = {"max_abs_diff": err, "max_abs_ref": ref, "rel": err / max(ref, 1e-12)}
-        tol = graph.spec.tolerance(t.name, rel_tol)
-        numbers[t.name]["rel_tol"] = tol
-        if err > tol * max(ref, 1e-12) or g.shape != tuple(w.shape):
-            bad.append(
-                f"{t.name} (max |diff| {err:.3g} vs max |ref| {ref:.3g}, tol {tol:g}, shape "
-                f"{g.shape} vs {tuple(w.shape)})"
-            )
-    if bad:
-        raise ParityError(
-            f"{graph.spec.name}: ONNX Runtime disagrees with PyTorch beyond the "
-            "tolerance x max|ref|: " + "; ".join(bad)
-        )
-    return numbers
+    what = "ONNX Runtime disagrees with PyTorch"
+    return compare_fp32(graph.spec, [torch.from_numpy(g) for g in got], want, what, rel_tol)
 
 
 def parity_fp16(
@@ -217,31 +202,13 @@ def parity_fp16(
     got = _ort_run(path, [t.name for t in spec16.outputs], feed)
     with torch.no_grad():  # the same values the fp16 graph saw
         want = graph.module(*[a.half().float() if a.is_floating_point() else a for a in args])
-    numbers, bad = {}, []
-    for t, g, w in zip(spec16.outputs, got, want, strict=True):
-        g = torch.from_numpy(g).double().flatten()  # float64: a cosine over millions of
-        w = w.double().flatten()  # elements would otherwise round past 1
-        cos = float(torch.nn.functional.cosine_similarity(g, w, dim=0))
-        rel = float((g - w).abs().max() / w.abs().max().clamp(min=1e-12))
-        numbers[t.name] = {"cosine": cos, "rel": rel, "min_cosine": min_cosine}
-        if not cos >= min_cosine:
-            bad.append(f"{t.name} (cosine {cos:.5f})")
-    if bad:
-        raise ParityError(
-            f"{spec16.name} fp16: cosine to fp32 PyTorch below {min_cosine}: " + "; ".join(bad)
-        )
-    return numbers
+    what = "fp16 ONNX vs fp32 PyTorch"
+    return compare_fp16(spec16, [torch.from_numpy(g) for g in got], want, what, min_cosine)
 
 
 def _sha256(path: Path) -> str:
     """Hash of the graph and, when present, its external data file."""
-    h = hashlib.sha256()
-    for part in (path, path.with_name(path.name + ".data")):
-        if part.is_file():
-            with open(part, "rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 24), b""):
-                    h.update(block)
-    return h.hexdigest()
+    return sha256_files([path, path.with_name(path.name + ".data")])
 
 
 def _versions() -> dict[str, str]:
@@ -331,12 +298,23 @@ def export_engines(
     pre = load_pretrained(checkpoints, components)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    extra = {
+    shared = {
         "shapes": dataclasses.asdict(shapes),
         "model_config": json.loads(json.dumps(dataclasses.asdict(pre.config), default=str)),
-        "sources": {c: pre.files[c] for c in components},
+        "checkpoints": str(Path(checkpoints).resolve()),
     }
+    digests = {f: sha256_files([f]) for f in dict.fromkeys(pre.files.values())}
+
+    def extra(name: str) -> dict:
+        files = {c: pre.files[c] for c in ENGINE_COMPONENTS[name]}
+        return {
+            **shared,
+            "sources": files,
+            # the weights this graph came from (the torch backend checks them before use)
+            "source_sha256": {os.path.relpath(f, checkpoints): digests[f] for f in files.values()},
+        }
+
     return {
-        n: export_engine(build_graph(n, pre, shapes), out, extra, precision=precision)
+        n: export_engine(build_graph(n, pre, shapes), out, extra(n), precision=precision)
         for n in names
     }

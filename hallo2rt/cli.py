@@ -68,6 +68,38 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onnx", required=True, type=Path, help="directory `hallo2rt export` wrote")
+    p.add_argument("--out", required=True, type=Path, help="engine directory to write")
+    p.add_argument(
+        "--backend", required=True, choices=("tensorrt", "onnxruntime", "torch"), help="runtime"
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (tensorrt: cuda)")
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="fp16 engines (tensorrt: FP16 kernels, or strongly typed from an fp16 export; "
+        "onnxruntime: requires an fp16 export; torch: half weights, GPU only)",
+    )
+    p.add_argument("--int8", action="store_true", help="tensorrt: allow int8 (Q/DQ graphs)")
+    p.add_argument("--fp8", action="store_true", help="tensorrt: allow fp8 (cc >= 8.9, Q/DQ)")
+    p.add_argument("--workspace", type=float, default=0.0, help="tensorrt workspace GiB (0: all)")
+    p.add_argument("--timing-cache", type=Path, help="tensorrt timing cache file (development)")
+    p.add_argument(
+        "--cuda-graph", action="store_true", help="onnxruntime CUDA: replay as CUDA graphs"
+    )
+    p.add_argument("--compile", action="store_true", help="torch: torch.compile the wrappers")
+    p.add_argument(
+        "--checkpoints", type=Path, help="torch: the weights (default: the tree the export read)"
+    )
+    p.add_argument("--only", help="comma-separated engine names (default: all exported)")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip running each engine against its ONNX (recorded as NOT verified)",
+    )
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults, except the empty ones (None, False) whose help already says what happens."""
 
@@ -138,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
                 type=int,
                 default=16,
                 help="largest temporal window of the face restorer",
+            )
+        elif name == "build":
+            _add_build_options(p)
+        elif name == "doctor":
+            p.add_argument("--engines", type=Path, help="also report on this engine directory")
+            p.add_argument(
+                "--verify",
+                action="store_true",
+                help="hash every engine artifact against its manifest (slow for large engines)",
             )
         elif name == "demo":
             p.add_argument("--out", type=Path, default=Path("demo.mp4"), help="output .mp4")
@@ -325,7 +366,70 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "demo": cmd_demo, "export": cmd_export}
+def _build_progress(event: str, name: str, m: dict | None) -> None:
+    if event == "start":
+        print(f"building {name} ...", file=sys.stderr, flush=True)
+        return
+    parity = m["parity"]
+    if "skipped" in parity:
+        check = "NOT checked (--no-check)"
+    else:
+        numbers = [v for r in parity["results"].values() for v in r["outputs"].values()]
+        check = (
+            f"min cosine {min(v['cosine'] for v in numbers):.6f}"
+            if "cosine" in numbers[0]
+            else f"max rel {max(v['rel'] for v in numbers):.2e}"
+        )
+    print(
+        f"  {name:15s} {m['backend']} {m['precision']} {m['total_seconds']:7.1f} s  "
+        f"vs ONNX: {check}",
+        file=sys.stderr,
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from hallo2rt.engines.build import BuildConfig, build_engines
+
+    config = BuildConfig(
+        backend=args.backend,
+        device=args.device,
+        fp16=args.fp16,
+        int8=args.int8,
+        fp8=args.fp8,
+        workspace_gb=args.workspace,
+        cuda_graph=args.cuda_graph,
+        compile=args.compile,
+    )
+    only = [n.strip() for n in args.only.split(",")] if args.only else None
+    manifests = build_engines(
+        args.onnx,
+        args.out,
+        config,
+        only=only,
+        timing_cache=args.timing_cache,
+        checkpoints=args.checkpoints,
+        check=not args.no_check,
+        progress=_build_progress,
+    )
+    print(f"built {len(manifests)} engine(s) into {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from hallo2rt.engines.doctor import doctor
+
+    report = doctor(args.engines, args.verify)
+    print(report.text())
+    return 0 if report.engines_ok else ERROR_EXIT
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "demo": cmd_demo,
+    "export": cmd_export,
+    "build": cmd_build,
+    "doctor": cmd_doctor,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

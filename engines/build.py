@@ -1,0 +1,294 @@
+"""``hallo2rt build``: exported ONNX graphs -> engines of one backend, each checked and described.
+
+``build_engines(onnx_dir, out_dir, BuildConfig(...))`` per engine: verifies the export (manifest
+present, ONNX bytes equal to the hash the export recorded), lets the backend build its artifact
+in ``out_dir/.<name>.partial``, opens the built engine and runs it against the ONNX graph in ONNX
+Runtime (CPU, no graph optimisation: the plainest reading of the graph) on random inputs at the
+spec's opt sizes (and min sizes where the spec has symbols), then writes ``manifest.json`` and
+renames the directory into place. A failure leaves no ``out_dir/<name>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine import Engine, backend_module
+from .manifest import (
+    MANIFEST,
+    EngineError,
+    cache_key,
+    environment,
+    read_manifest,
+    sha256_files,
+)
+from .parity import compare_fp16, compare_fp32
+from .spec import EngineSpec, random_feed, spec_from_json
+
+log = logging.getLogger(__name__)
+
+ENGINE_ORDER = (  # DESIGN.md's table; builds run in this order
+    "audio_encoder",
+    "audio_proj",
+    "image_proj",
+    "face_locator",
+    "vae_encoder",
+    "reference_unet",
+    "denoiser_step",
+    "vae_decoder",
+    "face_restorer",
+    "bg_upsampler",
+)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What changes an engine's bytes (hashed into its cache key, STYLE.md §7)."""
+
+    backend: str  # "onnxruntime" | "tensorrt" | "torch"
+    device: str = "cpu"  # "cpu" or "cuda[:N]": where the engine runs (tensorrt: cuda only)
+    fp16: bool = False  # tensorrt: fp16 kernels; torch: half weights; onnxruntime: the
+    # precision is the export's (`hallo2rt export --precision fp16`), this only asserts it
+    int8: bool = False  # tensorrt: allow int8 kernels (takes effect on Q/DQ-quantised graphs)
+    fp8: bool = False  # tensorrt: allow fp8 kernels (compute capability >= 8.9, Q/DQ graphs)
+    workspace_gb: float = 0.0  # tensorrt: workspace pool limit in GiB (0: TensorRT's default)
+    cuda_graph: bool = False  # onnxruntime on cuda: replay static engines as CUDA graphs
+    compile: bool = False  # torch: torch.compile the wrappers
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("onnxruntime", "tensorrt", "torch"):
+            raise ValueError(
+                f"BuildConfig.backend = {self.backend!r}: expected onnxruntime, tensorrt or torch"
+            )
+        kind = self.device.split(":")[0]
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"BuildConfig.device = {self.device!r}: expected cpu or cuda[:N]")
+        problems = []
+        if self.backend == "tensorrt" and kind != "cuda":
+            problems.append("tensorrt engines run on a GPU: use --device cuda")
+        if self.backend != "tensorrt" and (self.int8 or self.fp8):
+            problems.append("int8/fp8 are TensorRT builder flags: use --backend tensorrt")
+        if self.cuda_graph and (self.backend != "onnxruntime" or kind != "cuda"):
+            problems.append("--cuda-graph is the onnxruntime CUDA provider's option")
+        if self.compile and self.backend != "torch":
+            problems.append("--compile applies to the torch backend")
+        if self.fp16 and self.backend == "torch" and kind == "cpu":
+            problems.append("fp16 torch engines need a GPU (CPU fp16 convolutions crawl)")
+        if self.workspace_gb < 0:
+            problems.append(f"workspace_gb = {self.workspace_gb} must be >= 0")
+        if problems:
+            raise ValueError("BuildConfig: " + "; ".join(problems))
+
+    def flags(self) -> str:
+        """The CLI flags that reproduce this config (for the rebuild hint)."""
+        out = [f"--backend {self.backend}", f"--device {self.device}"]
+        out += [
+            f"--{f.replace('_', '-')}"
+            for f in ("fp16", "int8", "fp8", "cuda_graph", "compile")
+            if getattr(self, f)
+        ]
+        if self.workspace_gb:
+            out.append(f"--workspace {self.workspace_gb:g}")
+        return " ".join(out)
+
+
+def exported_engines(onnx_dir: Path, only: Iterable[str] | None = None) -> list[str]:
+    """Engine names present in an export directory, in DESIGN.md's order."""
+    if not onnx_dir.is_dir():
+        raise EngineError(f"{onnx_dir} does not exist: run `hallo2rt export` first")
+    present = [n for n in ENGINE_ORDER if (onnx_dir / n / MANIFEST).is_file()]
+    if only:
+        wanted = list(dict.fromkeys(only))
+        missing = [n for n in wanted if n not in present]
+        if missing:
+            raise EngineError(
+                f"{onnx_dir} has no export of {missing}; export them: hallo2rt export "
+                f"--checkpoints DIR --out {onnx_dir} --only {','.join(missing)}"
+            )
+        return wanted
+    if not present:
+        raise EngineError(
+            f"{onnx_dir} holds no exported engines (no <engine>/{MANIFEST}): run `hallo2rt export`"
+        )
+    return present
+
+
+def _source(onnx_dir: Path, name: str) -> tuple[Path, dict[str, Any]]:
+    """The export of ``name``: its ONNX path and manifest, the bytes checked against its hash."""
+    export = read_manifest(onnx_dir / name)
+    if export.get("backend"):
+        raise EngineError(f"{onnx_dir / name} is a built engine, not an ONNX export")
+    path = onnx_dir / name / "model.onnx"
+    if not path.is_file():
+        raise EngineError(f"{path} is missing; re-export: hallo2rt export --only {name}")
+    digest = sha256_files([path, path.with_name(path.name + ".data")])
+    if digest != export.get("onnx_sha256"):
+        raise EngineError(
+            f"{path} does not match the hash its export recorded (corrupt or edited after "
+            f"export); re-export: hallo2rt export --only {name}"
+        )
+    return path, export
+
+
+def reference_run(onnx: Path, feed: dict[str, torch.Tensor], spec: EngineSpec) -> list:
+    """The graph in ONNX Runtime on the CPU without graph optimisations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.enable_cpu_mem_arena = False
+    sess = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
+    try:
+        out = sess.run(None, {k: v.cpu().numpy() for k, v in feed.items()})
+    finally:
+        del sess
+    return [torch.from_numpy(o) for o in out]
+
+
+def check_engine(
+    engine: Engine, onnx: Path, onnx_spec: EngineSpec, fp16: bool, seed: int = 0
+) -> dict[str, Any]:
+    """Run ``engine`` and the ONNX reference on the same random feed at the opt sizes (and the
+    min sizes when the spec is dynamic); parity numbers per size, ParityError beyond the gate."""
+    results = {}
+    which = ("opt", "min") if engine.spec.profiles else ("opt",)
+    for size in which:
+        sizes = engine.spec.sizes(size)
+        ref_feed = random_feed(onnx_spec, sizes, seed)
+        feed = {
+            t.name: ref_feed[t.name].to(engine.device, _dtype(t.dtype)) for t in engine.spec.inputs
+        }
+        with torch.inference_mode():
+            got = engine.infer(feed)
+        got_list = [got[t.name] for t in engine.spec.outputs]
+        want = reference_run(onnx, ref_feed, onnx_spec)
+        what = f"{engine.backend} engine vs its ONNX (ORT CPU) at {size} sizes {sizes}"
+        compare = compare_fp16 if fp16 else compare_fp32
+        results[size] = {"sizes": sizes, "outputs": compare(engine.spec, got_list, want, what)}
+    return results
+
+
+def _dtype(name: str) -> torch.dtype:
+    from .spec import DTYPES
+
+    return DTYPES[name]
+
+
+def build_engines(
+    onnx_dir: str | Path,
+    out_dir: str | Path,
+    config: BuildConfig,
+    only: Iterable[str] | None = None,
+    timing_cache: str | Path | None = None,
+    checkpoints: str | Path | None = None,
+    check: bool = True,
+    progress: Callable[[str, str, dict | None], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Build every exported engine (or ``only`` those) of ``onnx_dir`` into ``out_dir``.
+
+    timing_cache: TensorRT timing cache file (read if present, written after each build).
+    checkpoints: the torch backend's weights (default: the tree the export recorded).
+    check: run each built engine against its ONNX (skip only for huge engines on a small box).
+    progress: called with ("start", name, None) and ("done", name, manifest).
+    """
+    onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
+    names = exported_engines(onnx_dir, only)
+    sources = {n: _source(onnx_dir, n) for n in names}  # every export checked before building
+    backend = backend_module(config.backend)
+    env = environment(config.device, config.backend)
+    backend.check_available(config, env)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifests = {}
+    for name in names:
+        onnx, export = sources[name]
+        rebuild = f"hallo2rt build --onnx {onnx_dir} --out {out_dir} {config.flags()} --only {name}"
+        if progress:
+            progress("start", name, None)
+        manifests[name] = _build_one(
+            backend, onnx, export, out_dir, config, env, rebuild, timing_cache, checkpoints, check
+        )
+        if progress:
+            progress("done", name, manifests[name])
+    return manifests
+
+
+def _build_one(
+    backend, onnx, export, out_dir, config, env, rebuild, timing_cache, checkpoints, check
+) -> dict[str, Any]:
+    name = export["engine"]
+    tmp = out_dir / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        start = time.perf_counter()
+        onnx_spec = spec_from_json(export["spec"])
+        built = backend.build(onnx, export, tmp, config, env, timing_cache, checkpoints)
+        spec: EngineSpec = built.pop("spec", onnx_spec)
+        build = dataclasses.asdict(config)
+        manifest = {
+            "engine": name,
+            "backend": config.backend,
+            "build": build,
+            "cache_key": cache_key(spec.digest(), export["onnx_sha256"], build, env),
+            "spec": spec.to_json(),
+            "spec_digest": spec.digest(),
+            "precision": built.pop("precision"),
+            "onnx": {
+                "path": str(onnx.resolve()),
+                "sha256": export["onnx_sha256"],
+                "precision": export["precision"],
+            },
+            "export_parity": export.get("parity"),
+            **{k: export.get(k) for k in ("shapes", "model_config", "checkpoints", "sources")},
+            "source_sha256": export.get("source_sha256", {}),
+            "environment": env,
+            "rebuild": rebuild,
+            **built,
+        }
+        if manifest.get("artifact"):
+            files = [tmp / manifest["artifact"], *(tmp / f for f in built.get("artifact_data", []))]
+            manifest["artifact_bytes"] = sum(f.stat().st_size for f in files)
+            manifest["artifact_sha256"] = sha256_files(files)
+        manifest["build_seconds"] = round(time.perf_counter() - start, 2)
+        _write(tmp, manifest)
+        if check:
+            with backend.ENGINE(tmp, manifest, torch.device(config.device)) as engine:
+                fp16 = manifest["precision"] == "fp16" or export["precision"] == "fp16"
+                manifest["parity"] = {
+                    "reference": "the ONNX graph in onnxruntime CPUExecutionProvider, "
+                    "no graph optimisation",
+                    "gate": "cosine >= 0.999" if fp16 else "max|diff| <= tol * max|ref|",
+                    "results": check_engine(engine, onnx, onnx_spec, fp16),
+                }
+        else:
+            manifest["parity"] = {"skipped": "built with --no-check: NOT verified"}
+        manifest["total_seconds"] = round(time.perf_counter() - start, 2)
+        _write(tmp, manifest)
+        final = out_dir / name
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+        log.info(
+            "built %s (%s, %s) in %.1f s",
+            name,
+            config.backend,
+            manifest["precision"],
+            manifest["total_seconds"],
+        )
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write(directory: Path, manifest: dict[str, Any]) -> None:
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")

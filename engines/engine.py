@@ -1,0 +1,173 @@
+"""One ``Engine`` interface over TensorRT, ONNX Runtime and PyTorch (DESIGN.md "Backends").
+
+An engine is a context manager; ``infer(feed)`` takes a dict of tensors on the engine's device
+(validated against the spec) and returns a dict of output tensors. Outputs may live in buffers the
+next call reuses: copy what you keep. Public methods check state and inputs; each backend
+implements three hooks (``_open``, ``_infer``, ``_close``) and a ``build`` function, in its own
+module, imported only when used (STYLE.md §5-6).
+
+``open_engine(directory)`` reads the manifest a build wrote, refuses a stale or corrupt engine with
+a message that says how to rebuild, and returns the backend's engine, unopened.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .manifest import (
+    EngineError,
+    StaleEngineError,
+    check_fresh,
+    environment,
+    read_manifest,
+    sha256_files,
+)
+from .spec import EngineSpec, spec_from_json
+
+log = logging.getLogger(__name__)
+
+# backend name -> module defining ``build(...)`` and ``ENGINE`` (the Engine subclass)
+BACKENDS = {
+    "onnxruntime": "hallo2rt.engines.ort_backend",
+    "tensorrt": "hallo2rt.engines.tensorrt_backend",
+    "torch": "hallo2rt.engines.torch_backend",
+}
+
+
+def backend_module(name: str):
+    """The module of backend ``name`` (imported now; it imports its own heavy packages)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name])
+
+
+class Engine:
+    """Base class: state and feed checks; backends implement ``_open/_infer/_close``."""
+
+    backend = ""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], device: torch.device):
+        self.directory, self.manifest, self.device = Path(directory), manifest, device
+        self.spec: EngineSpec = spec_from_json(manifest["spec"])
+        self._opened = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def open(self) -> Engine:
+        if not self._opened:
+            self._open()
+            self._opened = True
+        return self
+
+    def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            self._close()
+
+    def __enter__(self) -> Engine:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run once. ``feed``: every spec input, on ``self.device``, with the spec's dtypes and
+        shapes. Returns every spec output by name."""
+        if not self._opened:
+            raise RuntimeError(f"engine {self.name} is not open: use it as a context manager")
+        self.spec.validate_feed(feed)
+        wrong = [k for k, v in feed.items() if v.device.type != self.device.type]
+        if wrong:
+            raise ValueError(
+                f"engine {self.name} runs on {self.device}; inputs {sorted(wrong)} are elsewhere"
+            )
+        return self._infer(feed)
+
+    # backend hooks
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+def artifact_path(directory: Path, manifest: dict[str, Any]) -> Path | None:
+    """The built artifact (None for the torch backend, whose weights are the checkpoints);
+    ``EngineError`` when it is missing or its size or hash says it is not what was built."""
+    name = manifest.get("artifact")
+    if not name:
+        return None
+    path = Path(directory) / name
+    if not path.is_file():
+        raise EngineError(
+            f"{path} is missing; rebuild: {manifest.get('rebuild', 'hallo2rt build ...')}"
+        )
+    files = [path, *(Path(directory) / f for f in manifest.get("artifact_data", []))]
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    if size != manifest.get("artifact_bytes", size):
+        raise EngineError(
+            f"{path} is corrupt or truncated ({size} bytes, the build wrote "
+            f"{manifest['artifact_bytes']}); rebuild: {manifest.get('rebuild')}"
+        )
+    return path
+
+
+def verify_artifact(directory: Path, manifest: dict[str, Any]) -> None:
+    """Full hash check of the artifact against the manifest (slow for GB-sized engines)."""
+    path = artifact_path(directory, manifest)
+    if path is None:
+        return
+    files = [path, *(Path(directory) / f for f in manifest.get("artifact_data", []))]
+    if sha256_files(files) != manifest.get("artifact_sha256"):
+        raise EngineError(
+            f"{path} does not match the hash its build recorded: it is corrupt or was "
+            f"replaced; rebuild: {manifest.get('rebuild')}"
+        )
+
+
+def open_engine(
+    directory: str | Path,
+    device: str | torch.device | None = None,
+    expect: EngineSpec | None = None,
+    **options: Any,
+) -> Engine:
+    """The engine built in ``directory`` (unopened: use ``with``).
+
+    device: defaults to the device it was built for. expect: the spec the caller was written
+    for; a different one means the engine comes from other code and must be rebuilt.
+    options: backend-specific (tensorrt: ``memory_pool``).
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    backend = manifest.get("backend")
+    if backend is None:
+        raise EngineError(
+            f"{directory} is an ONNX export, not a built engine; build it: hallo2rt build "
+            f"--onnx {directory.parent} --out ENGINES --backend onnxruntime|tensorrt|torch"
+        )
+    built_on = torch.device(manifest["build"]["device"])
+    device = torch.device(device or built_on)
+    if backend != "torch" and device.type != built_on.type:
+        raise StaleEngineError(
+            f"engine {manifest['engine']} was built for {built_on.type}, not {device.type} "
+            f"({backend} engines are device-specific); rebuild it with --device {device.type}: "
+            f"{manifest.get('rebuild')}"
+        )
+    check_fresh(manifest, environment(str(device), backend))
+    if expect is not None and manifest.get("spec_digest") != expect.digest():
+        raise EngineError(
+            f"engine {expect.name} in {directory} was built from another spec than this "
+            f"version of hallo2rt expects; re-export and rebuild: {manifest.get('rebuild')}"
+        )
+    artifact_path(directory, manifest)
+    return backend_module(backend).ENGINE(directory, manifest, device, **options)

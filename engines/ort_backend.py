@@ -1,0 +1,220 @@
+"""The ONNX Runtime backend: CPU provider (tests, CI, the demo) and CUDA provider with IO binding
+over torch tensors and, for static engines, ORT's CUDA-graph option.
+
+Build: ORT optimises the exported graph once (extended level: fusions that are valid for the
+provider and portable across machines) and saves it, so opening does not redo it. Large models
+keep their weights in one external data file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine import Engine
+from .manifest import EngineError
+
+log = logging.getLogger(__name__)
+
+ARTIFACT = "model.ort.onnx"
+EXTERNAL_DATA = ARTIFACT + ".data"
+EXTERNAL_MIN_BYTES = 1024  # initialisers from this size go to the data file (when it is used)
+LARGE_MODEL_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
+
+_NP_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64"}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise EngineError(
+            "the onnxruntime backend needs onnxruntime: pip install onnxruntime "
+            "(or onnxruntime-gpu for the CUDA provider)"
+        ) from exc
+    return onnxruntime
+
+
+def _provider(device: torch.device, cuda_graph: bool = False) -> list:
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    options = {"device_id": str(device.index or 0)}
+    if torch.cuda.is_available():  # run on the session's stream, in order with torch work
+        options["user_compute_stream"] = str(torch.cuda.current_stream(device).cuda_stream)
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"
+    return [("CUDAExecutionProvider", options)]
+
+
+def check_available(config, env: dict[str, Any]) -> None:
+    """``EngineError`` unless this machine can build/run ONNX Runtime engines for ``config``."""
+    ort = _ort()
+    if config.device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise EngineError(
+                f"onnxruntime {ort.__version__} here has no CUDAExecutionProvider (providers: "
+                f"{ort.get_available_providers()}); install onnxruntime-gpu, or --device cpu"
+            )
+        if not torch.cuda.is_available():
+            raise EngineError("--device cuda: torch sees no CUDA GPU (IO binding uses torch)")
+
+
+def _session_options(ort, log_level: int = 3):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = log_level
+    return opts
+
+
+def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkpoints) -> dict:
+    """Save the provider-optimised graph into ``out``; returns the manifest's build fields."""
+    ort = _ort()
+    if config.fp16 and export["precision"] != "fp16" and export["engine"] != "audio_encoder":
+        raise EngineError(
+            f"{onnx} is an fp32 export; ONNX Runtime runs the precision of the export: "
+            "re-export with `hallo2rt export --precision fp16`, or build without --fp16"
+        )
+    large = onnx.with_name(onnx.name + ".data").is_file()
+    opts = _session_options(ort)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(out / ARTIFACT)
+    if large:
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", EXTERNAL_DATA
+        )
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes",
+            str(EXTERNAL_MIN_BYTES),
+        )
+    device = torch.device(config.device)
+    try:
+        sess = ort.InferenceSession(str(onnx), opts, providers=_provider(device))
+        del sess
+    except Exception as exc:  # ORT raises its own exception types
+        raise EngineError(f"onnxruntime could not load {onnx}: {exc}") from exc
+    return {
+        "precision": export["precision"],
+        "artifact": ARTIFACT,
+        "artifact_data": [EXTERNAL_DATA] if large else [],
+        "provider": _provider(device)[0] if device.type == "cpu" else "CUDAExecutionProvider",
+        "optimization": "ORT_ENABLE_EXTENDED, saved at build",
+    }
+
+
+class OrtEngine(Engine):
+    """An ORT session. CPU: numpy views of the torch tensors. CUDA: IO binding on the torch
+    tensors' device memory; outputs of static shape live in buffers allocated once (reused by
+    the next call); with ``cuda_graph`` inputs are copied into fixed buffers so that ORT can
+    replay the captured graph."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, directory: Path, manifest: dict, device: torch.device, **options: Any):
+        super().__init__(directory, manifest, device)
+        self.cuda_graph = bool(manifest["build"].get("cuda_graph")) and device.type == "cuda"
+        self._sess = None
+
+    def _open(self) -> None:
+        ort = _ort()
+        opts = _session_options(ort)
+        # The artifact is already optimised at the extended level; the remaining (layout)
+        # optimisations are specific to this machine and cheap, so they run at load.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = self.directory / self.manifest["artifact"]
+        try:
+            self._sess = ort.InferenceSession(
+                str(path), opts, providers=_provider(self.device, self.cuda_graph)
+            )
+        except Exception as exc:
+            raise EngineError(
+                f"{path} could not be loaded by onnxruntime ({str(exc)[:300]}): the file is "
+                f"corrupt or from another onnxruntime; rebuild: {self.manifest.get('rebuild')}"
+            ) from exc
+        self._buffers: dict[str, torch.Tensor] = {}
+        if self.device.type == "cuda":
+            self._binding = self._sess.io_binding()
+            self._allocate_static()
+
+    def _allocate_static(self) -> None:
+        """Device buffers for every static-shape output (and, with CUDA graphs, input)."""
+        from .spec import DTYPES
+
+        tensors = list(self.spec.outputs) + (list(self.spec.inputs) if self.cuda_graph else [])
+        for t in tensors:
+            if all(isinstance(d, int) for d in t.dims):
+                self._buffers[t.name] = torch.empty(
+                    t.dims, dtype=DTYPES[t.dtype], device=self.device
+                )
+        for t in self.spec.outputs:
+            if t.name in self._buffers:
+                self._bind(t.name, self._buffers[t.name], output=True)
+
+    def _bind(self, name: str, value: torch.Tensor, output: bool = False) -> None:
+        bind = self._binding.bind_output if output else self._binding.bind_input
+        bind(
+            name,
+            "cuda",
+            value.device.index or 0,
+            _NP_DTYPES[value.dtype],
+            tuple(value.shape),
+            value.data_ptr(),
+        )
+
+    def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type == "cpu":
+            arrays = {k: v.detach().contiguous().numpy() for k, v in feed.items()}
+            outs = self._sess.run([t.name for t in self.spec.outputs], arrays)
+            return {
+                t.name: torch.from_numpy(o) for t, o in zip(self.spec.outputs, outs, strict=True)
+            }
+        return self._infer_cuda(feed)
+
+    def _infer_cuda(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        for t in self.spec.inputs:
+            value = feed[t.name].contiguous()
+            if t.name in self._buffers:  # CUDA graph: fixed addresses
+                self._buffers[t.name].copy_(value)
+                value = self._buffers[t.name]
+            self._bind(t.name, value)
+        dynamic = [t.name for t in self.spec.outputs if t.name not in self._buffers]
+        for name in dynamic:
+            self._binding.bind_output(name, "cuda", self.device.index or 0)
+        self._binding.synchronize_inputs()
+        self._sess.run_with_iobinding(self._binding)
+        self._binding.synchronize_outputs()
+        out = dict(self._buffers)
+        if dynamic:
+            values = dict(zip(self._sess_output_names(), self._binding.get_outputs(), strict=True))
+            for name in dynamic:
+                out[name] = _torch_view(values[name], self.device).clone()
+        return {t.name: out[t.name] for t in self.spec.outputs}
+
+    def _sess_output_names(self) -> list[str]:
+        return [o.name for o in self._sess.get_outputs()]
+
+    def _close(self) -> None:
+        self._sess = None
+        self._buffers = {}
+
+
+class _CudaArray:
+    """``__cuda_array_interface__`` over an ORT-owned device buffer (for torch.as_tensor)."""
+
+    _TYPESTR = {"tensor(float)": "<f4", "tensor(float16)": "<f2", "tensor(int64)": "<i8"}
+
+    def __init__(self, value):
+        self.__cuda_array_interface__ = {
+            "shape": tuple(value.shape()),
+            "typestr": self._TYPESTR[value.data_type()],
+            "data": (value.data_ptr(), False),
+            "version": 3,
+        }
+
+
+def _torch_view(value, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(_CudaArray(value), device=device)
+
+
+ENGINE = OrtEngine

@@ -1,0 +1,77 @@
+"""Parity numbers between an engine's outputs and a reference (STYLE.md §3, DESIGN.md policy).
+
+fp32 against fp32: max |diff| <= tol * max |ref| per output (the spec may loosen an output and
+says why). Anything in fp16: cosine >= 0.999 per output, computed in float64 (over millions of
+elements a float32 cosine rounds past 1). Export and build both report through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .spec import EngineSpec
+
+FP32_REL_TOL = 1e-4  # DESIGN.md: max |diff| <= 1e-4 * max |ref| per output
+FP16_MIN_COSINE = 0.999  # DESIGN.md: fp16 vs fp32, cosine per output
+
+
+class ParityError(RuntimeError):
+    """An engine disagrees with its reference beyond the threshold; the message names outputs."""
+
+
+def compare_fp32(
+    spec: EngineSpec,
+    got: Sequence[torch.Tensor],
+    want: Sequence[torch.Tensor],
+    what: str,
+    rel_tol: float = FP32_REL_TOL,
+) -> dict[str, dict[str, float]]:
+    """Per-output max |diff|, max |ref| and their ratio; ``ParityError`` beyond the tolerance."""
+    numbers, bad = {}, []
+    for t, g, w in zip(spec.outputs, got, want, strict=True):
+        g, w = g.detach().float().cpu(), w.detach().float().cpu()
+        if g.shape != w.shape:
+            bad.append(f"{t.name} (shape {tuple(g.shape)} vs {tuple(w.shape)})")
+            continue
+        err, ref = float((g - w).abs().max()), float(w.abs().max())
+        tol = spec.tolerance(t.name, rel_tol)
+        numbers[t.name] = {
+            "max_abs_diff": err,
+            "max_abs_ref": ref,
+            "rel": err / max(ref, 1e-12),
+            "rel_tol": tol,
+        }
+        if not err <= tol * max(ref, 1e-12):  # also catches NaN
+            bad.append(f"{t.name} (max |diff| {err:.3g} vs max |ref| {ref:.3g}, tol {tol:g})")
+    if bad:
+        raise ParityError(f"{spec.name}: {what} beyond the tolerance x max|ref|: " + "; ".join(bad))
+    return numbers
+
+
+def compare_fp16(
+    spec: EngineSpec,
+    got: Sequence[torch.Tensor],
+    want: Sequence[torch.Tensor],
+    what: str,
+    min_cosine: float = FP16_MIN_COSINE,
+) -> dict[str, dict[str, float]]:
+    """Per-output cosine (and max relative error, for information); ``ParityError`` below
+    ``min_cosine``."""
+    numbers, bad = {}, []
+    for t, g, w in zip(spec.outputs, got, want, strict=True):
+        g, w = g.detach().double().cpu(), w.detach().double().cpu()
+        if g.shape != w.shape:
+            bad.append(f"{t.name} (shape {tuple(g.shape)} vs {tuple(w.shape)})")
+            continue
+        g, w = g.flatten(), w.flatten()
+        cos = float(F.cosine_similarity(g, w, dim=0))
+        rel = float((g - w).abs().max() / w.abs().max().clamp(min=1e-12))
+        numbers[t.name] = {"cosine": cos, "rel": rel, "min_cosine": min_cosine}
+        if not cos >= min_cosine:
+            bad.append(f"{t.name} (cosine {cos:.5f})")
+    if bad:
+        raise ParityError(f"{spec.name}: {what}, cosine below {min_cosine}: " + "; ".join(bad))
+    return numbers

@@ -1,0 +1,107 @@
+"""The torch backend: the export wrappers themselves, in eager mode (optionally
+``torch.compile``). It is the reference and the fallback; its "artifact" is the checkpoint tree
+the export came from, checked against the hashes the export recorded. This is the one backend
+that reaches into ``hallo2rt.export`` (imported lazily, DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine import Engine
+from .manifest import EngineError, sha256_files
+
+log = logging.getLogger(__name__)
+
+FP32_ONLY = ("audio_encoder",)  # the official keeps wav2vec in fp32
+
+
+def check_available(config, env: dict[str, Any]) -> None:
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, per process
+
+
+def _digest(path: Path) -> str | None:
+    """sha256 of a weight file, hashed once per process (net.pth is ~10 GB)."""
+    if not path.is_file():
+        return None
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_files([path])
+    return _DIGESTS[key]
+
+
+def _checkpoints(manifest: dict, override: str | Path | None) -> Path:
+    """The checkpoint tree, verified against the hashes the export recorded."""
+    root = Path(override or manifest.get("checkpoints") or "")
+    if not root.is_dir():
+        raise EngineError(
+            f"the torch backend needs the checkpoint tree the ONNX was exported from "
+            f"({manifest.get('checkpoints')!r} is not a directory): pass --checkpoints DIR"
+        )
+    recorded = manifest.get("source_sha256", {})
+    for relative, digest in recorded.items():
+        path = root / relative
+        if _digest(path) != digest:
+            raise EngineError(
+                f"{path} is not the file {manifest['engine']} was exported from (hash differs "
+                "or missing): pass the original tree with --checkpoints, or re-export"
+            )
+    return root
+
+
+def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkpoints) -> dict:
+    """Nothing to compile ahead of time: verify the weights and record where they are."""
+    from .spec import spec_from_json
+
+    root = _checkpoints(export, checkpoints)
+    precision = "fp16" if config.fp16 and export["engine"] not in FP32_ONLY else "fp32"
+    return {
+        "precision": precision,
+        "artifact": None,
+        "checkpoints": str(root.resolve()),
+        "spec": spec_from_json(export["spec"]).with_precision(precision),
+    }
+
+
+class TorchEngine(Engine):
+    """The wrapper module of ``hallo2rt.export.graphs`` on ``device``."""
+
+    backend = "torch"
+
+    def __init__(self, directory: Path, manifest: dict, device: torch.device, **options: Any):
+        super().__init__(directory, manifest, device)
+        self.checkpoints = options.get("checkpoints")
+        self._module = None
+
+    def _open(self) -> None:
+        from hallo2rt.export.checkpoints import load_pretrained
+        from hallo2rt.export.graphs import ENGINE_COMPONENTS, GraphShapes, build_graph
+
+        root = _checkpoints(self.manifest, self.checkpoints)
+        pre = load_pretrained(root, ENGINE_COMPONENTS[self.name])
+        graph = build_graph(self.name, pre, GraphShapes(**self.manifest["shapes"]))
+        dtype = torch.float16 if self.manifest["precision"] == "fp16" else torch.float32
+        module = graph.module.to(self.device, dtype).eval()
+        if self.manifest["build"].get("compile"):
+            module = torch.compile(module)
+        self._module = module
+
+    def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            outs = self._module(*(feed[t.name] for t in self.spec.inputs))
+        return {t.name: o for t, o in zip(self.spec.outputs, outs, strict=True)}
+
+    def _close(self) -> None:
+        self._module = None
+
+
+ENGINE = TorchEngine
