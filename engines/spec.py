@@ -22,10 +22,17 @@ class TensorSpec:
     name: str  # graph input/output name
     dtype: str  # "float32" | "float16" | "int64"
     dims: tuple[int | str, ...]  # ints, or symbols defined in the engine's profiles
+    values: tuple[float, float] | None = None  # valid range of a float input (None: unbounded)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"TensorSpec {self.name}: dtype {self.dtype!r} not in {list(DTYPES)}")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
+        if self.values is not None:
+            out["values"] = list(self.values)
+        return out
 
     def shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
         """Concrete shape with each symbol replaced by ``sizes[symbol]``."""
@@ -92,12 +99,8 @@ class EngineSpec:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "inputs": [
-                {"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in self.inputs
-            ],
-            "outputs": [
-                {"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in self.outputs
-            ],
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
             "profiles": {k: list(v) for k, v in self.profiles.items()},
             "notes": self.notes,
             "tolerances": self.tolerances,
@@ -125,7 +128,15 @@ def spec_from_json(data: dict[str, Any]) -> EngineSpec:
     """Inverse of ``EngineSpec.to_json`` (manifests carry the spec they were built from)."""
 
     def tensors(key: str) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in data[key])
+        return tuple(
+            TensorSpec(
+                t["name"],
+                t["dtype"],
+                tuple(t["dims"]),
+                tuple(t["values"]) if t.get("values") is not None else None,
+            )
+            for t in data[key]
+        )
 
     return EngineSpec(
         data["name"],
@@ -143,14 +154,17 @@ def random_feed(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
-    """Valid inputs for ``spec`` at ``sizes``: floats ~ N(0, 1), integers (time steps) in
-    [0, 1000). Both sides of a build check compute the same function, so any valid values do."""
+    """Valid inputs for ``spec`` at ``sizes``: floats uniform in the spec's ``values`` range
+    (pixels, masks, weights), else ~ N(0, 1); integers (time steps) in [0, 1000)."""
     g = torch.Generator().manual_seed(seed)
     feed = {}
     for t in spec.inputs:
         shape = t.shape(sizes)
         if t.dtype == "int64":
             value = torch.randint(0, 1000, shape, generator=g)
+        elif t.values is not None:
+            lo, hi = t.values
+            value = (lo + (hi - lo) * torch.rand(shape, generator=g)).to(DTYPES[t.dtype])
         else:
             value = torch.randn(shape, generator=g).to(DTYPES[t.dtype])
         feed[t.name] = value.to(device)

@@ -55,8 +55,13 @@ class Graph:
     make_inputs: Callable[[dict[str, int], torch.Generator], tuple[torch.Tensor, ...]]
 
 
-def _t(name: str, *dims: int | str, dtype: str = "float32") -> TensorSpec:
-    return TensorSpec(name, dtype, tuple(dims))
+def _t(
+    name: str,
+    *dims: int | str,
+    dtype: str = "float32",
+    values: tuple[float, float] | None = None,
+) -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(dims), values)
 
 
 def _randn(g: torch.Generator, *shape: int) -> torch.Tensor:
@@ -232,7 +237,7 @@ def _face_locator(pre: Pretrained, s: GraphShapes) -> Graph:
     c0, lat = pre.config.heads.face_locator_out, s.size // 8
     spec = EngineSpec(
         "face_locator",
-        (_t("face_region", 1, 3, s.size, s.size),),
+        (_t("face_region", 1, 3, s.size, s.size, values=(0.0, 1.0)),),
         (_t("face_feature", 1, c0, lat, lat),),
         notes="per video, one frame (the official runs 16 identical frames).",
     )
@@ -249,7 +254,7 @@ def _vae_encoder(pre: Pretrained, s: GraphShapes) -> Graph:
     lat = s.size // 8
     spec = EngineSpec(
         "vae_encoder",
-        (_t("pixels", "images", 3, s.size, s.size),),
+        (_t("pixels", "images", 3, s.size, s.size, values=(-1.0, 1.0)),),
         (_t("latents", "images", 4, lat, lat),),
         {"images": (1, s.motion_frames, s.motion_frames + 1)},
         "latent mean x 0.18215; per video the portrait, per clip the motion frames.",
@@ -312,7 +317,7 @@ def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
         _t("latents", 1, 4, f, lat, lat),
         _t("timestep", 1, dtype="int64"),
         _t("coef", 2),
-        _t("cfg_scale", 1),
+        _t("cfg_scale", 1, values=(1.0, 5.0)),
         _t("image_tokens", 2, h.image_tokens, h.token_dim),
         _t("audio_tokens", 1, f, h.audio_tokens, cfg.motion.audio_attention_dim),
         _t("face_feature", 1, h.face_locator_out, lat, lat),
@@ -321,8 +326,10 @@ def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
         ins += [_t(f"ref_k_{i}", 2, length, ch), _t(f"ref_v_{i}", 2, length, ch)]
     ins += [_t(f"motion_{i}", 2, m, length, ch) for i, (length, ch) in enumerate(hooked)]
     for kind in ("full", "face", "lip"):
-        ins += [_t(f"{kind}_mask_{lv}", 1, (lat >> lv) ** 2) for lv in range(levels)]
-    ins.append(_t("motion_scale", 3))
+        ins += [
+            _t(f"{kind}_mask_{lv}", 1, (lat >> lv) ** 2, values=(0.0, 1.0)) for lv in range(levels)
+        ]
+    ins.append(_t("motion_scale", 3, values=(0.5, 1.5)))
     spec = EngineSpec(
         "denoiser_step",
         tuple(ins),
@@ -349,7 +356,10 @@ def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
 def _face_restorer(pre: Pretrained, s: GraphShapes) -> Graph:
     spec = EngineSpec(
         "face_restorer",
-        (_t("faces", 1, "sr_frames", 3, 512, 512), _t("fidelity", 1)),
+        (
+            _t("faces", 1, "sr_frames", 3, 512, 512, values=(-1.0, 1.0)),
+            _t("fidelity", 1, values=(0.0, 1.0)),
+        ),
         (_t("restored", 1, "sr_frames", 3, 512, 512),),
         {"sr_frames": (1, s.sr_frames, s.sr_frames)},
         "temporal CodeFormer on aligned 512^2 crops; frames attend each other.",
@@ -365,7 +375,7 @@ def _bg_upsampler(pre: Pretrained, s: GraphShapes) -> Graph:
     up = s.size * pre.config.rrdb.scale
     spec = EngineSpec(
         "bg_upsampler",
-        (_t("image", 1, 3, s.size, s.size),),
+        (_t("image", 1, 3, s.size, s.size, values=(0.0, 1.0)),),
         (_t("upscaled", 1, 3, up, up),),
         notes="RealESRGAN untiled.",
     )

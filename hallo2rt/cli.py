@@ -33,7 +33,7 @@ log = logging.getLogger("hallo2rt")
 def _not_built(name: str) -> int:
     print(
         f"hallo2rt {name}: not built yet. This subcommand belongs to a later milestone; "
-        "today hallo2rt provides `generate` and `demo` on the PyTorch backend.",
+        "today hallo2rt provides `export`, `build`, `doctor`, `generate` and `demo`.",
         file=sys.stderr,
     )
     return NOT_BUILT_EXIT

@@ -36,3 +36,18 @@ def reference_dir() -> Path:
             "(set HALLO2RT_REFERENCE_DIR): full-size layout NOT checked"
         )
     return REFERENCE
+
+
+# Small engine shapes for the tiny model: 128 px, 4 frames, 2-frame SR windows, 2 s of audio.
+TINY_SHAPES_KW = dict(size=128, frames=4, sr_frames=2, max_audio_samples=32_000)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_root, tmp_path_factory):
+    """Every engine of the tiny model exported to ONNX (fp32) once per session:
+    (directory, manifests). Tests must not modify it; copy what they break."""
+    from hallo2rt.export.graphs import GraphShapes
+    from hallo2rt.export.onnx import export_engines
+
+    out = tmp_path_factory.mktemp("onnx")
+    return out, export_engines(tiny_root, out, None, GraphShapes(**TINY_SHAPES_KW))

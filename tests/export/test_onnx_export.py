@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 
@@ -24,9 +25,10 @@ SHAPES = GraphShapes(size=128, frames=4, sr_frames=2, max_audio_samples=32_000)
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("engines")
-    return out, export_engines(tiny_root, out, None, SHAPES)
+def exported(tiny_onnx):
+    out, manifests = tiny_onnx
+    assert all(m["shapes"] == dataclasses.asdict(SHAPES) for m in manifests.values())
+    return tiny_onnx
 
 
 @pytest.mark.parametrize("name", ENGINES)
