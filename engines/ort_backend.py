@@ -16,6 +16,7 @@ import torch
 
 from .engine import Engine
 from .manifest import EngineError
+from .spec import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,10 @@ def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkp
 
 
 class OrtEngine(Engine):
-    """An ORT session. CPU: numpy views of the torch tensors. CUDA: IO binding on the torch
-    tensors' device memory; outputs of static shape live in buffers allocated once (reused by
-    the next call); with ``cuda_graph`` inputs are copied into fixed buffers so that ORT can
-    replay the captured graph."""
+    """An ORT session run through IO binding on the torch tensors' memory (CPU or CUDA: one code
+    path). Outputs of static shape live in buffers allocated once and reused by the next call;
+    with ``cuda_graph`` inputs are copied into fixed buffers too, so that ORT can replay the
+    captured graph."""
 
     backend = "onnxruntime"
 
@@ -132,15 +133,8 @@ class OrtEngine(Engine):
                 f"{path} could not be loaded by onnxruntime ({str(exc)[:300]}): the file is "
                 f"corrupt or from another onnxruntime; rebuild: {self.manifest.get('rebuild')}"
             ) from exc
+        self._binding = self._sess.io_binding()
         self._buffers: dict[str, torch.Tensor] = {}
-        if self.device.type == "cuda":
-            self._binding = self._sess.io_binding()
-            self._allocate_static()
-
-    def _allocate_static(self) -> None:
-        """Device buffers for every static-shape output (and, with CUDA graphs, input)."""
-        from .spec import DTYPES
-
         tensors = list(self.spec.outputs) + (list(self.spec.inputs) if self.cuda_graph else [])
         for t in tensors:
             if all(isinstance(d, int) for d in t.dims):
@@ -155,23 +149,14 @@ class OrtEngine(Engine):
         bind = self._binding.bind_output if output else self._binding.bind_input
         bind(
             name,
-            "cuda",
-            value.device.index or 0,
+            self.device.type,
+            self.device.index or 0,
             _NP_DTYPES[value.dtype],
             tuple(value.shape),
             value.data_ptr(),
         )
 
     def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.device.type == "cpu":
-            arrays = {k: v.detach().contiguous().numpy() for k, v in feed.items()}
-            outs = self._sess.run([t.name for t in self.spec.outputs], arrays)
-            return {
-                t.name: torch.from_numpy(o) for t, o in zip(self.spec.outputs, outs, strict=True)
-            }
-        return self._infer_cuda(feed)
-
-    def _infer_cuda(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for t in self.spec.inputs:
             value = feed[t.name].contiguous()
             if t.name in self._buffers:  # CUDA graph: fixed addresses
@@ -179,23 +164,21 @@ class OrtEngine(Engine):
                 value = self._buffers[t.name]
             self._bind(t.name, value)
         dynamic = [t.name for t in self.spec.outputs if t.name not in self._buffers]
-        for name in dynamic:
-            self._binding.bind_output(name, "cuda", self.device.index or 0)
+        for name in dynamic:  # ORT allocates these once their shape is known
+            self._binding.bind_output(name, self.device.type, self.device.index or 0)
         self._binding.synchronize_inputs()
         self._sess.run_with_iobinding(self._binding)
         self._binding.synchronize_outputs()
         out = dict(self._buffers)
         if dynamic:
-            values = dict(zip(self._sess_output_names(), self._binding.get_outputs(), strict=True))
+            names = [o.name for o in self._sess.get_outputs()]
+            values = dict(zip(names, self._binding.get_outputs(), strict=True))
             for name in dynamic:
-                out[name] = _torch_view(values[name], self.device).clone()
+                out[name] = _to_torch(values[name], self.device)
         return {t.name: out[t.name] for t in self.spec.outputs}
 
-    def _sess_output_names(self) -> list[str]:
-        return [o.name for o in self._sess.get_outputs()]
-
     def _close(self) -> None:
-        self._sess = None
+        self._sess = self._binding = None
         self._buffers = {}
 
 
@@ -213,8 +196,11 @@ class _CudaArray:
         }
 
 
-def _torch_view(value, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(_CudaArray(value), device=device)
+def _to_torch(value, device: torch.device) -> torch.Tensor:
+    """A torch copy of an ORT-owned output (ORT frees or reuses it on the next run)."""
+    if device.type == "cpu":
+        return torch.from_numpy(value.numpy())
+    return torch.as_tensor(_CudaArray(value), device=device).clone()
 
 
 ENGINE = OrtEngine
