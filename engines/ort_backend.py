@@ -157,11 +157,13 @@ class OrtEngine(Engine):
         )
 
     def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        alive = []  # contiguous copies must outlive the run: ORT only holds their addresses
         for t in self.spec.inputs:
             value = feed[t.name].contiguous()
             if t.name in self._buffers:  # CUDA graph: fixed addresses
                 self._buffers[t.name].copy_(value)
                 value = self._buffers[t.name]
+            alive.append(value)
             self._bind(t.name, value)
         dynamic = [t.name for t in self.spec.outputs if t.name not in self._buffers]
         for name in dynamic:  # ORT allocates these once their shape is known
@@ -169,6 +171,7 @@ class OrtEngine(Engine):
         self._binding.synchronize_inputs()
         self._sess.run_with_iobinding(self._binding)
         self._binding.synchronize_outputs()
+        del alive
         out = dict(self._buffers)
         if dynamic:
             names = [o.name for o in self._sess.get_outputs()]

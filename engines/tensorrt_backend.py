@@ -256,8 +256,11 @@ class TensorRTEngine(Engine):
                 else:
                     self._context.device_memory = ptr
                 self._generation = generation
+        # Contiguous copies of strided inputs stay referenced until the next call: TensorRT
+        # only holds their addresses and runs asynchronously on the stream.
+        self._inputs = {t.name: feed[t.name].contiguous() for t in self.spec.inputs}
         for t in self.spec.inputs:
-            value = feed[t.name].contiguous()
+            value = self._inputs[t.name]
             if not self._static:
                 self._context.set_input_shape(t.name, tuple(value.shape))
             self._set_address(t.name, value)

@@ -80,9 +80,28 @@ class TorchEngine(Engine):
     def __init__(self, directory: Path, manifest: dict, device: torch.device, **options: Any):
         super().__init__(directory, manifest, device)
         self.checkpoints = options.get("checkpoints")
+        self._given = options.get("module")  # an already-loaded wrapper (from_graph)
         self._module = None
 
+    @classmethod
+    def from_graph(cls, graph, device: torch.device, precision: str = "fp32") -> TorchEngine:
+        """An engine over an in-memory export wrapper (``hallo2rt generate --checkpoints``)."""
+        spec = graph.spec.with_precision(precision)
+        manifest = {
+            "engine": spec.name,
+            "backend": "torch",
+            "spec": spec.to_json(),
+            "spec_digest": spec.digest(),
+            "precision": precision,
+            "build": {"backend": "torch", "device": str(device), "compile": False},
+        }
+        return cls(Path("."), manifest, torch.device(device), module=graph.module)
+
     def _open(self) -> None:
+        if self._given is not None:
+            dtype = torch.float16 if self.manifest["precision"] == "fp16" else torch.float32
+            self._module = self._given.to(self.device, dtype).eval()
+            return
         from hallo2rt.export.checkpoints import load_pretrained
         from hallo2rt.export.graphs import ENGINE_COMPONENTS, GraphShapes, build_graph
 
@@ -105,3 +124,50 @@ class TorchEngine(Engine):
 
 
 ENGINE = TorchEngine
+
+
+def session_from_pretrained(pre, shapes, device: str | torch.device = "cpu", fp16: bool = False):
+    """A generation ``Session`` of torch engines over loaded checkpoints (no build step)."""
+    from hallo2rt.export.graphs import build_graph
+
+    from .session import GENERATION, Session
+
+    device = torch.device(device)
+    engines = {
+        name: TorchEngine.from_graph(
+            build_graph(name, pre, shapes),
+            device,
+            "fp16" if fp16 and name not in FP32_ONLY else "fp32",
+        )
+        for name in GENERATION
+    }
+    return Session(engines, device)
+
+
+def load_torch_session(
+    checkpoints: str | Path,
+    device: str = "cpu",
+    fp16: bool = False,
+    size: int = 512,
+    frames: int = 16,
+):
+    """Load the generation components of an official ``pretrained_models/`` tree as a Session
+    of torch engines at ``size`` x ``size``, ``frames`` frames per clip."""
+    from hallo2rt.export.checkpoints import GENERATION as COMPONENTS
+    from hallo2rt.export.checkpoints import load_pretrained
+    from hallo2rt.export.graphs import GraphShapes
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(
+            "--device cuda was requested but torch sees no CUDA GPU here; use "
+            "--device cpu or install a CUDA build of torch"
+        )
+    if fp16 and dev.type == "cpu":
+        raise EngineError(
+            "--dtype fp16 needs a GPU (CPU fp16 convolutions are ~1000x slower); "
+            "use --dtype fp32 on the CPU"
+        )
+    pre = load_pretrained(checkpoints, COMPONENTS)
+    shapes = GraphShapes(size=size, frames=frames)
+    return session_from_pretrained(pre, shapes, dev, fp16)

@@ -183,7 +183,7 @@ def build_graph(name: str, pre: Pretrained, shapes: GraphShapes = GraphShapes())
 
 def _audio_encoder(pre: Pretrained, s: GraphShapes) -> Graph:
     w = pre.config.wav2vec
-    lo, hi = 16 * SAMPLES_PER_FRAME, s.max_audio_samples
+    lo, hi = s.frames * SAMPLES_PER_FRAME, s.max_audio_samples  # the last segment: >= 1 clip
     spec = EngineSpec(
         "audio_encoder",
         (_t("waveform", 1, "samples"),),

@@ -58,7 +58,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="draw the mask and noise exactly as the official code (parity checks)",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu or cuda[:N] (auto: cpu for --checkpoints, the engines' device for --engines)",
+    )
     p.add_argument(
         "--dtype",
         choices=("fp32", "fp16"),
@@ -119,7 +123,36 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=fmt)
         if name == "generate":
-            _add_checkpoints(p)
+            p.add_argument(
+                "--checkpoints",
+                type=Path,
+                help="the official pretrained_models/ folder: the weights (PyTorch path), and the "
+                "face-analysis / vocal-separation models when those are needed",
+            )
+            p.add_argument(
+                "--engines",
+                type=Path,
+                help="engines built by `hallo2rt build` (any backend): run on them instead of "
+                "the PyTorch modules",
+            )
+            p.add_argument(
+                "--engine",
+                action="append",
+                default=[],
+                metavar="NAME=DIR",
+                help="take engine NAME from another build directory (e.g. "
+                "audio_encoder=ort-engines/ next to a TensorRT --engines); repeatable",
+            )
+            p.add_argument(
+                "--no-cuda-graph",
+                action="store_true",
+                help="launch each denoiser step separately instead of replaying the captured loop",
+            )
+            p.add_argument(
+                "--keep-partial",
+                action="store_true",
+                help="on an error or Ctrl-C keep the clips finished so far as a playable MP4",
+            )
             p.add_argument("--image", required=True, type=Path, help="portrait (JPEG/PNG/...)")
             p.add_argument("--audio", required=True, type=Path, help="driving audio (any format)")
             p.add_argument("--out", required=True, type=Path, help="output .mp4")
@@ -145,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
                 default=1.2,
                 help="face rectangle expansion about its centre (official)",
             )
-            p.add_argument("--size", type=int, default=512, help="output side (multiple of 64)")
+            p.add_argument(
+                "--size",
+                type=int,
+                help="output side, multiple of 64 (default: 512, or the engines' size)",
+            )
             p.add_argument(
                 "--separate-vocals",
                 action="store_true",
@@ -236,12 +273,6 @@ def _progress_printer(quiet: bool):
     return show
 
 
-def _dtype(name: str):
-    import torch
-
-    return {"fp32": torch.float32, "fp16": torch.float16}[name]
-
-
 def _vocal_separator(args: argparse.Namespace):
     if not args.separate_vocals:
         return None
@@ -251,12 +282,52 @@ def _vocal_separator(args: argparse.Namespace):
     return lambda wave: separate_vocals(wave, args.checkpoints)
 
 
+def _session(args: argparse.Namespace):
+    """The engines of this run: built ones (--engines) or the PyTorch modules (--checkpoints)."""
+    overrides = {}
+    for item in args.engine:
+        name, sep, directory = item.partition("=")
+        if not sep:
+            raise ValueError(f"--engine {item!r}: expected NAME=DIR")
+        overrides[name.strip()] = Path(directory)
+    if args.engines is not None:
+        if args.dtype != "fp32":
+            raise ValueError(
+                "--dtype applies to --checkpoints; built engines run at the precision they "
+                "were exported and built with (hallo2rt export --precision / build --fp16)"
+            )
+        from hallo2rt.engines.session import Session
+
+        device = None if args.device == "auto" else args.device
+        return Session.open(args.engines, device, overrides)
+    if overrides:
+        raise ValueError("--engine NAME=DIR needs --engines")
+    if args.checkpoints is None:
+        raise ValueError("give --checkpoints (PyTorch) or --engines (built engines)")
+    from hallo2rt.engines.torch_backend import load_torch_session
+
+    device = "cpu" if args.device == "auto" else args.device
+    return load_torch_session(
+        args.checkpoints, device, args.dtype == "fp16", args.size or 512, args.frames
+    )
+
+
+def _face_analysis_dir(args: argparse.Namespace) -> Path:
+    if args.checkpoints is None:
+        raise ValueError(
+            "without --face-box and --face-embedding the face is found with the official "
+            "face_analysis models: pass --checkpoints pretrained_models"
+        )
+    return args.checkpoints / "face_analysis" / "models"
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from hallo2rt.engines.torch_models import load_torch_models
     from hallo2rt.runtime.pipeline import generate_video
     from hallo2rt.runtime.portrait import load_embedding, parse_box
 
     cfg = _run_config(args)
+    if args.separate_vocals and args.checkpoints is None:
+        raise ValueError("--separate-vocals reads audio_separator/ from --checkpoints")
     separate = _vocal_separator(args)
     face_box = parse_box(args.face_box) if args.face_box else None
     lip_box = parse_box(args.lip_box) if args.lip_box else None
@@ -265,27 +336,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from hallo2rt.runtime.face_analysis import analyze_portrait
         from hallo2rt.runtime.portrait import load_image
 
-        box, emb, lips = analyze_portrait(
-            load_image(args.image), args.checkpoints / "face_analysis" / "models"
-        )
+        box, emb, lips = analyze_portrait(load_image(args.image), _face_analysis_dir(args))
         embedding = emb if embedding is None else embedding
         if face_box is None:
             face_box, lip_box = box, lip_box or lips
-    models = load_torch_models(args.checkpoints, args.device, _dtype(args.dtype))
-    out = generate_video(
-        models,
-        args.image,
-        args.audio,
-        args.out,
-        face_box,
-        embedding,
-        cfg,
-        size=args.size,
-        lip_box=lip_box,
-        face_expand_ratio=args.face_expand_ratio,
-        progress=_progress_printer(args.quiet),
-        separate=separate,
-    )
+    session = _session(args)
+    with session:
+        out = generate_video(
+            session,
+            args.image,
+            args.audio,
+            args.out,
+            face_box,
+            embedding,
+            cfg,
+            size=args.size or session.size,
+            lip_box=lip_box,
+            face_expand_ratio=args.face_expand_ratio,
+            progress=_progress_printer(args.quiet),
+            separate=separate,
+            cuda_graph=not args.no_cuda_graph,
+            keep_partial=args.keep_partial,
+        )
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -293,25 +365,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from hallo2rt.engines.torch_models import load_torch_models
+    from hallo2rt.engines.torch_backend import load_torch_session
     from hallo2rt.runtime.pipeline import generate_video
     from hallo2rt.runtime.portrait import parse_box
 
     root = demo_model(args.cache)
-    models = load_torch_models(root, args.device, _dtype(args.dtype))
-    embedding = np.random.default_rng(0).standard_normal(models.embedding_dim)
-    out = generate_video(
-        models,
-        ASSETS / "portrait.jpg",
-        ASSETS / "speech.wav",
-        args.out,
-        parse_box(DEMO_FACE_BOX),
-        embedding,
-        _run_config(args),
-        size=64,
-        lip_box=parse_box(DEMO_LIP_BOX),
-        progress=_progress_printer(args.quiet),
-    )
+    device = "cpu" if args.device == "auto" else args.device
+    session = load_torch_session(root, device, args.dtype == "fp16", 64, args.frames)
+    embedding = np.random.default_rng(0).standard_normal(session.embedding_dim)
+    with session:
+        out = generate_video(
+            session,
+            ASSETS / "portrait.jpg",
+            ASSETS / "speech.wav",
+            args.out,
+            parse_box(DEMO_FACE_BOX),
+            embedding,
+            _run_config(args),
+            size=64,
+            lip_box=parse_box(DEMO_LIP_BOX),
+            progress=_progress_printer(args.quiet),
+        )
     print(
         f"wrote {out}\nNOTE: the demo runs a tiny model with RANDOM weights, so the picture is "
         "noise: it shows the whole pipeline working, not Hallo2's quality. With the real "
@@ -449,7 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hallo2rt {args.command}: error: {exc}", file=sys.stderr)
         return ERROR_EXIT
     except KeyboardInterrupt:
-        print(f"hallo2rt {args.command}: interrupted; no output was written", file=sys.stderr)
+        kept = getattr(args, "keep_partial", False) and Path(args.out).is_file()
+        what = f"the finished clips are in {args.out}" if kept else "no output was written"
+        print(f"hallo2rt {args.command}: interrupted; {what}", file=sys.stderr)
         return 130
 
 

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from ..engines.bank import reference_token_rows
-from ..engines.models import Models
+from ..engines.session import Session
 from .audio import audio_features, audio_windows, load_audio, resample
 from .media import MediaError
 from .portrait import Box, Portrait, build_portrait, load_image
-from .sampler import ddim_schedule, sample
+from .sampler import ddim_schedule
+from .steploop import StepLoop
 from .video import VideoWriter, to_uint8_frames
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,28 @@ def _generators(cfg: RunConfig) -> tuple[torch.Generator, torch.Generator]:
     return torch.Generator().manual_seed(cfg.seed + MASK_SEED_OFFSET), noise
 
 
+def _check_shapes(session: Session, portrait: Portrait, cfg: RunConfig) -> None:
+    problems = []
+    if cfg.frames != session.frames:
+        problems.append(f"{cfg.frames} frames per clip (the engines take {session.frames})")
+    if cfg.motion_frames != session.motion_frames:
+        problems.append(f"{cfg.motion_frames} motion frames (engines: {session.motion_frames})")
+    if portrait.pixels.shape[-1] != session.size:
+        problems.append(f"{portrait.pixels.shape[-1]} px (the engines take {session.size})")
+    if problems:
+        raise MediaError(
+            "this run does not fit the engines: " + "; ".join(problems) + ". Export and "
+            "build engines for these shapes (hallo2rt export --size/--frames), or change the run"
+        )
+
+
 def generate(
-    models: Models,
+    session: Session,
     portrait: Portrait,
     features: torch.Tensor,
     cfg: RunConfig,
     on_step: Callable[[], None] | None = None,
+    cuda_graph: bool = True,
 ) -> Iterator[Clip]:
     """Yield clips of ``cfg.frames`` frames until every audio frame is covered.
 
@@ -120,28 +137,36 @@ def generate(
     makes ``N // F`` clips and drops the tail; here a last clip covers it, its missing windows
     repeating the final one, so earlier clips are exactly the official ones.
     """
-    dev, dt, f, m = models.device, models.dtype, cfg.frames, cfg.motion_frames
-    emb = portrait.embedding.to(dev, dt)
-    tokens = models.image_proj(torch.cat([torch.zeros_like(emb), emb]))  # [proj(0), proj(e)]
-    face = models.face_locator(portrait.face_region.to(dev, dt))  # (1, C0, h, w), one frame
-    face = torch.cat([torch.zeros_like(face), face])[:, :, None]  # (2, C0, 1, h, w)
-    ref_pixels = portrait.pixels.to(dev, dt)
-    ref_latent = models.vae_encode(ref_pixels)  # (1, 4, h, w), once per video
+    _check_shapes(session, portrait, cfg)
+    run, dev, f, m = session.run, session.device, cfg.frames, cfg.motion_frames
+    tokens = run("image_proj", embedding=portrait.embedding)["image_tokens"].clone()  # (2, T, C)
+    face = run("face_locator", face_region=portrait.face_region)["face_feature"].clone()
+    ref_pixels = portrait.pixels.to(dev)
+    ref_latent = run("vae_encoder", pixels=ref_pixels)["latents"]  # (1, 4, h, w), per video
     ref_rows, motion_rows = reference_token_rows(m)
-    t0 = torch.zeros((), device=dev)  # the ReferenceNet always runs at t = 0
-    ref_bank = models.reference(ref_latent.expand(2, -1, -1, -1), t0, tokens[ref_rows])
-    ref_kv = models.reference_kv(ref_bank)  # reference K/V of every hooked block, per video
-    masks = [
-        [x.to(dev, dt) for x in ms]
-        for ms in (portrait.full_masks, portrait.face_masks, portrait.lip_masks)
-    ]
-    scale = torch.tensor([cfg.pose_weight, cfg.face_weight, cfg.lip_weight], device=dev, dtype=dt)
+    ref = run("reference_unet", latents=ref_latent.expand(2, -1, -1, -1), tokens=tokens[ref_rows])
+    const = {  # denoiser_step inputs constant over the video
+        "image_tokens": tokens,
+        "face_feature": face,
+        "motion_scale": torch.tensor([cfg.pose_weight, cfg.face_weight, cfg.lip_weight]),
+    }
+    for i in range(session.hooked):  # reference K/V of every hooked block, once per video
+        const[f"ref_k_{i}"], const[f"ref_v_{i}"] = (
+            ref[f"ref_k_{i}"].clone(),
+            ref[f"ref_v_{i}"].clone(),
+        )
+    for kind, masks in zip(
+        ("full", "face", "lip"),
+        (portrait.full_masks, portrait.face_masks, portrait.lip_masks),
+        strict=True,
+    ):
+        const.update({f"{kind}_mask_{lv}": x for lv, x in enumerate(masks)})
+    const = {k: v.to(dev) for k, v in const.items()}
+    loop = StepLoop(session, ddim_schedule(cfg.steps), cfg.cfg_scale, cuda_graph)
     windows = audio_windows(features)  # (N, 5, layers, C)
     n_clips = math.ceil(windows.shape[0] / f)
     pad = n_clips * f - windows.shape[0]
     windows = torch.cat([windows, windows[-1:].expand(pad, *windows.shape[1:])])
-    schedule = ddim_schedule(cfg.steps)
-    timesteps = schedule.timesteps.to(dev)
     size = portrait.pixels.shape[-1]
     keep_face = portrait.face_region[0, 0].bool()  # (S, S)
     mask_gen, noise_gen = _generators(cfg)
@@ -151,41 +176,28 @@ def generate(
     for t in range(n_clips):
         keep = (torch.rand(size, size, generator=mask_gen) > cfg.mask_rate) | keep_face
         noise = torch.randn((1, 4, f, h, h), generator=noise_gen, dtype=noise_dtype)
-        motion_latents = models.vae_encode(motion * keep.to(dev, dt))  # (M, 4, h, w)
-        motion_in = motion_latents.repeat(2, 1, 1, 1)  # [m1..mM] per CFG half
-        bank = models.reference(motion_in, t0, tokens[motion_rows])  # motion rows only
-        mots = [b.reshape(2, m, *b.shape[1:]) for b in bank]  # (2, M, L, C) per block
-        audio = models.audio_proj(windows[t * f : (t + 1) * f].to(dev, dt)[None])  # (1, F, T, C)
-        audio = torch.cat([torch.zeros_like(audio), audio])  # uncond audio = zeros after proj
-
-        denoise = _step_fn(models, timesteps, tokens, audio, face, ref_kv, mots, masks, scale)
-        x = sample(
-            denoise,
-            noise.to(dev, dt),
-            schedule,
-            cfg.cfg_scale,
-            callback=(lambda _i: on_step()) if on_step else None,
+        motion_latents = run("vae_encoder", pixels=motion * keep.to(dev))["latents"]  # (M,4,h,w)
+        rows = run(
+            "reference_unet",
+            latents=motion_latents.repeat(2, 1, 1, 1),  # [m1..mM] per CFG half
+            tokens=tokens[motion_rows],
         )
-        pixels = models.vae_decode(x[0].transpose(0, 1))  # (F, 3, S, S), one batched decode
+        clip = dict(const)
+        for i in range(session.hooked):  # (2M, L, C) -> (2, M, L, C) per block
+            feat = rows[f"feature_{i}"]
+            clip[f"motion_{i}"] = feat.reshape(2, m, *feat.shape[1:]).clone()
+        window = windows[t * f : (t + 1) * f][None]  # (1, F, 5, layers, C)
+        clip["audio_tokens"] = run("audio_proj", windows=window)["audio_tokens"].clone()
+        x = loop(clip, noise.to(dev), (lambda _i: on_step()) if on_step else None)
+        pixels = run("vae_decoder", latents=x[0].transpose(0, 1))["pixels"]  # (F, 3, S, S)
         unit = (pixels.float() / 2 + 0.5).clamp(0, 1)  # official: frames in [0, 1] on the CPU
-        motion = (unit[-m:] * 2 - 1).to(dt)  # next clip's motion frames
+        motion = unit[-m:] * 2 - 1  # next clip's motion frames
         yield Clip(t, to_uint8_frames(pixels))
-
-
-def _step_fn(
-    models: Models, timesteps: torch.Tensor, *cond
-) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    """The denoiser call of step i with one clip's conditioning bound."""
-    tokens, audio, face, ref_kv, mots, masks, scale = cond
-
-    def denoise(x_in: torch.Tensor, i: int) -> torch.Tensor:
-        return models.denoise(x_in, timesteps[i], tokens, audio, face, ref_kv, mots, *masks, scale)
-
-    return denoise
+    log.info("step loop: %s", loop.mode)
 
 
 def generate_video(
-    models: Models,
+    session: Session,
     image: str | Path,
     audio: str | Path,
     out: str | Path,
@@ -197,14 +209,18 @@ def generate_video(
     face_expand_ratio: float = 1.2,
     progress: Callable[[Progress], None] | None = None,
     separate: Callable[[np.ndarray], np.ndarray] | None = None,
+    cuda_graph: bool = True,
+    keep_partial: bool = False,
 ) -> Path:
     """Portrait + driving audio -> MP4 at ``out`` with the audio muxed. Inputs are all read and
-    checked before the output is opened; the file appears only when complete. ``separate``
-    ((2, n) 44.1 kHz -> vocals) isolates the voice before the audio features are computed."""
-    if np.size(embedding) != models.embedding_dim:
+    checked before the output is opened; the file appears only when complete (``keep_partial``:
+    on an error or interrupt, the clips finished so far are kept as a playable file). ``separate``
+    ((2, n) 44.1 kHz -> vocals) isolates the voice before the audio features are computed.
+    ``session`` must be open (``with session:``)."""
+    if np.size(embedding) != session.embedding_dim:
         raise MediaError(
             f"the face embedding has {np.size(embedding)} values; this model "
-            f"expects {models.embedding_dim} (the raw ArcFace embedding)"
+            f"expects {session.embedding_dim} (the raw ArcFace embedding)"
         )
     rgb = load_image(image)
     native = load_audio(audio, sample_rate=None, mono=False)  # decoded once; muxed as is
@@ -216,10 +232,13 @@ def generate_video(
         vocals = separate(np.repeat(stereo, 2, axis=0) if stereo.shape[0] == 1 else stereo)
         wave16 = resample(vocals, VOCALS_RATE, 16000, mono=True)
     portrait = build_portrait(rgb, size, face_box, embedding, lip_box, face_expand_ratio)
-    dev = models.device
+    _check_shapes(session, portrait, cfg)  # before any model work
 
     def encode(x: torch.Tensor, n: int) -> torch.Tensor:
-        return models.audio_encode(x.to(dev), n).float().cpu()
+        feats = session.run("audio_encoder", waveform=x)["features"]  # (1, ceil(S/640), L, C)
+        if feats.shape[1] != n:
+            raise RuntimeError(f"audio_encoder gave {feats.shape[1]} frames for {n}")
+        return feats.float().cpu()
 
     features, audio_length = audio_features(wave16[0], encode, cfg.frames)
     n_clips = math.ceil(features.shape[0] / cfg.frames)
@@ -243,8 +262,17 @@ def generate_video(
         done[0] += 1
         report(done[0] // cfg.steps)
 
-    with VideoWriter(out, size, size, cfg.fps, audio=native, max_frames=audio_length) as writer:
-        for clip in generate(models, portrait, features, cfg, on_step=on_step):
+    writer = VideoWriter(out, size, size, cfg.fps, audio=native, max_frames=audio_length)
+    try:
+        for clip in generate(session, portrait, features, cfg, on_step, cuda_graph):
             writer.write(clip.frames)
+    except BaseException:
+        if keep_partial and writer.frames_written:
+            writer.close(trim_audio=True)
+            log.warning("stopped: kept the first %d frames in %s", writer.frames_written, out)
+        else:
+            writer.abort()
+        raise
+    writer.close()
     log.info("%d frames in %.1f s", audio_length, time.perf_counter() - start)
     return Path(out)

@@ -74,6 +74,22 @@ def cfg_combine(v: torch.Tensor, scale: float) -> torch.Tensor:
     return v_u + scale * (v_c - v_u)
 
 
+def run_steps(
+    step: Callable[[torch.Tensor, int], torch.Tensor],
+    x: torch.Tensor,
+    steps: int,
+    callback: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """The sampler loop over a ``step(x, i) -> x_prev`` that already contains the denoiser, CFG
+    and the DDIM update (the ``denoiser_step`` engine). ``callback(i)`` after each step; it must
+    not synchronise the device."""
+    for i in range(steps):
+        x = step(x, i)
+        if callback is not None:
+            callback(i)
+    return x
+
+
 def sample(
     denoise: Callable[[torch.Tensor, int], torch.Tensor],
     x: torch.Tensor,
@@ -89,9 +105,9 @@ def sample(
     """
     a = schedule.a.to(x.device)
     b = schedule.b.to(x.device)
-    for i in range(len(schedule.timesteps)):
+
+    def step(x: torch.Tensor, i: int) -> torch.Tensor:
         v = cfg_combine(denoise(torch.cat([x, x]), i), cfg_scale)
-        x = (a[i] * x + b[i] * v).to(x.dtype)
-        if callback is not None:
-            callback(i)
-    return x
+        return (a[i] * x + b[i] * v).to(x.dtype)
+
+    return run_steps(step, x, len(schedule.timesteps), callback)

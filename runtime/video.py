@@ -79,13 +79,13 @@ class VideoWriter:
             self.frames_written += 1
         self._mux_audio(self.frames_written / self.fps, final=False)
 
-    def _mux_audio(self, until_seconds: float, final: bool) -> None:
+    def _mux_audio(self, until_seconds: float | None, final: bool) -> None:
         import av
 
         if self._audio is None:
             return
         n = self._samples.shape[1]
-        end = n if final else min(n, int(until_seconds * self._rate))
+        end = n if until_seconds is None else min(n, int(until_seconds * self._rate))
         while self._audio_pos < end:
             stop = min(self._audio_pos + AUDIO_CHUNK, end)
             if stop - self._audio_pos < AUDIO_CHUNK and not final:
@@ -99,9 +99,10 @@ class VideoWriter:
             self._container.mux(self._audio.encode(frame))
             self._audio_pos = stop
 
-    def close(self) -> Path:
-        """Flush, finish the file and move it into place; returns the final path."""
-        self._mux_audio(0.0, final=True)
+    def close(self, trim_audio: bool = False) -> Path:
+        """Flush, finish the file and move it into place; returns the final path.
+        ``trim_audio``: end the audio with the video (a partial video kept after a stop)."""
+        self._mux_audio(self.frames_written / self.fps if trim_audio else None, final=True)
         self._container.mux(self._video.encode(None))
         if self._audio is not None:
             self._container.mux(self._audio.encode(None))

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from hallo2rt.cli import ASSETS, main
-from hallo2rt.engines.torch_models import load_torch_models
+from hallo2rt.engines.torch_backend import load_torch_session, session_from_pretrained
+from hallo2rt.export.graphs import GraphShapes
 from hallo2rt.runtime.pipeline import RunConfig, generate
 from hallo2rt.runtime.portrait import build_portrait, load_image
 
@@ -22,7 +23,8 @@ FACE = "180,78,262,182"
 
 @pytest.fixture(scope="module")
 def models(tiny_root):
-    return load_torch_models(tiny_root)
+    with load_torch_session(tiny_root, size=64, frames=16) as session:
+        yield session
 
 
 @pytest.fixture(scope="module")
@@ -96,29 +98,32 @@ def test_same_seed_same_video_and_the_tail_is_covered(models, portrait):
 
 
 class _Spy:
-    """Wraps Models callables to record what the pipeline feeds them."""
+    """Records what the pipeline feeds the session's engines."""
 
-    def __init__(self, models):
-        self.calls = {"vae_encode": [], "denoise": []}
-        self.models = replace(
-            models,
-            vae_encode=self._wrap("vae_encode", models.vae_encode),
-            denoise=self._wrap("denoise", models.denoise),
-        )
+    def __init__(self, session, fail_at: tuple[str, int] | None = None):
+        self.calls: dict[str, list[dict]] = {}
+        self.session, self._run, self.fail_at = session, session.run, fail_at
 
-    def _wrap(self, name, fn):
-        def call(*args):
-            self.calls[name].append(args[0].clone())
-            return fn(*args)
+    def __enter__(self):
+        self.session.run = self.run
+        return self
 
-        return call
+    def __exit__(self, *exc):
+        self.session.run = self._run
+
+    def run(self, name, **inputs):
+        calls = self.calls.setdefault(name, [])
+        calls.append({k: v.clone() for k, v in inputs.items()})
+        if self.fail_at == (name, len(calls)):
+            raise KeyboardInterrupt
+        return self._run(name, **inputs)
 
 
 @pytest.mark.parametrize("official", [True, False])
 def test_rng_order_and_clip0_motion_frames(models, portrait, official):
     cfg = RunConfig(steps=1, frames=16, seed=42, official_rng=official)
-    spy = _Spy(models)
-    _clips(spy.models, portrait, cfg, n=16)
+    with _Spy(models) as spy:
+        _clips(models, portrait, cfg, n=16)
     gen = torch.Generator().manual_seed(42)
     if official:  # one CPU generator: rand(S, S) for the mask, then randn(..., fp16)
         rand = torch.rand(64, 64, generator=gen)
@@ -126,9 +131,9 @@ def test_rng_order_and_clip0_motion_frames(models, portrait, official):
     else:
         noise = torch.randn((1, 4, 16, 8, 8), generator=gen)
         rand = torch.rand(64, 64, generator=torch.Generator().manual_seed(42 + 1_000_003))
-    x_in = spy.calls["denoise"][0]
-    assert torch.equal(x_in, torch.cat([noise.float(), noise.float()]))  # both CFG halves
-    ref, motion = spy.calls["vae_encode"]  # per video: the portrait; per clip: motion frames
+    x_in = spy.calls["denoiser_step"][0]["latents"]
+    assert torch.equal(x_in, noise.float())  # the engine makes both CFG halves itself
+    ref, motion = (c["pixels"] for c in spy.calls["vae_encoder"])  # per video, per clip
     keep = (rand > 0.25) | portrait.face_region[0, 0].bool()
     assert torch.equal(ref, portrait.pixels)
     assert torch.equal(motion, (portrait.pixels * keep).expand(2, -1, -1, -1))  # clip 0 = portrait
@@ -274,22 +279,15 @@ def test_split_reference_rows_equal_the_official_six_row_bank(tiny):
         )
 
 
-def test_interrupt_mid_run_leaves_no_output(models, tmp_path):
+@pytest.mark.parametrize("keep", [False, True])
+def test_interrupt_mid_run_leaves_no_output_or_what_was_finished(models, tmp_path, keep):
     from hallo2rt.runtime.pipeline import generate_video
-
-    calls = [0]
-
-    def denoise(*args):
-        calls[0] += 1
-        if calls[0] == 3:  # second clip, first step
-            raise KeyboardInterrupt
-        return models.denoise(*args)
 
     write_audio(tmp_path / "a.wav", 1.0)
     out = tmp_path / "o.mp4"
-    with pytest.raises(KeyboardInterrupt):
-        generate_video(
-            replace(models, denoise=denoise),
+    with _Spy(models, fail_at=("denoiser_step", 3)) as spy, pytest.raises(KeyboardInterrupt):
+        generate_video(  # second clip, first step
+            models,
             ASSETS / "portrait.jpg",
             tmp_path / "a.wav",
             out,
@@ -297,9 +295,18 @@ def test_interrupt_mid_run_leaves_no_output(models, tmp_path):
             np.ones(64, np.float32),
             RunConfig(steps=2),
             size=64,
+            keep_partial=keep,
         )
-    assert calls[0] == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+    assert len(spy.calls["denoiser_step"]) == 3
+    if not keep:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+        return
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "o.mp4"]
+    with av.open(str(out)) as c:  # the first clip, playable, audio cut with the video
+        assert sum(1 for _ in c.decode(video=0)) == 16
+    with av.open(str(out)) as c:
+        audio = sum(f.samples for f in c.decode(audio=0)) / c.streams.audio[0].rate
+    assert abs(audio - 16 / 25) < 0.05
 
 
 def test_pipeline_equals_the_official_clip_loop_written_out(tiny, portrait):
@@ -310,10 +317,11 @@ def test_pipeline_equals_the_official_clip_loop_written_out(tiny, portrait):
     from hallo2rt.runtime.audio import audio_windows
     from hallo2rt.runtime.sampler import ddim_schedule
 
-    models = load_torch_models_from(tiny)
+    models = session_from_pretrained(tiny, GraphShapes(size=64, frames=16))
     cfg = RunConfig(steps=3, frames=16, seed=42, official_rng=True, pose_weight=0.8, lip_weight=1.3)
     feats = torch.randn(32, 2, 32, generator=torch.Generator().manual_seed(5))
-    got = [c.frames for c in generate(models, portrait, feats, cfg)]
+    with models:
+        got = [c.frames for c in generate(models, portrait, feats, cfg)]
 
     den, ref_net, vae_e, vae_d = (
         tiny[n] for n in ("denoiser", "reference_unet", "vae_encoder", "vae_decoder")
@@ -368,27 +376,6 @@ def test_pipeline_equals_the_official_clip_loop_written_out(tiny, portrait):
     # moved clip 1 by up to 7.8/255 (mean 0.27) when measured. A wiring error (RNG order, token
     # rows, motion frames, masks) changes the frames by tens of levels on average.
     assert d1.mean() < 1.0 and (d1 > 1).mean() < 0.05
-
-
-def load_torch_models_from(tiny):
-    """Models over the session's already-loaded tiny modules (no second load)."""
-    from hallo2rt.engines.models import Models
-
-    m = tiny.modules
-    return Models(
-        audio_encode=m["audio_encoder"],
-        audio_proj=m["audio_proj"],
-        image_proj=m["image_proj"],
-        face_locator=m["face_locator"],
-        vae_encode=m["vae_encoder"],
-        vae_decode=m["vae_decoder"],
-        reference=m["reference_unet"],
-        reference_kv=m["denoiser"].reference_kv,
-        denoise=m["denoiser"],
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        embedding_dim=64,
-    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only machine")

@@ -1,0 +1,124 @@
+"""``Session``: the engines one generation uses, opened once per process (DESIGN.md "Runtime").
+
+The runtime talks to engines only through ``Session.run(name, **inputs)``: inputs are moved to
+the engine's device and cast to its spec's dtypes, outputs come back on the session's device.
+Engines may come from different directories and backends (e.g. a TensorRT denoiser with an ONNX
+Runtime audio encoder); TensorRT engines of one session share one activation pool. Shapes the
+runtime needs (image side, frames per clip, motion frames, embedding width) are read from the
+specs, so a session and a run that disagree fail before any work.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine import Engine, open_engine
+from .manifest import EngineError
+from .spec import DTYPES, EngineSpec
+
+log = logging.getLogger(__name__)
+
+GENERATION = (
+    "audio_encoder",
+    "audio_proj",
+    "image_proj",
+    "face_locator",
+    "vae_encoder",
+    "reference_unet",
+    "denoiser_step",
+    "vae_decoder",
+)
+
+
+class Session:
+    """Opened engines by name, plus the facts the runtime reads off their specs."""
+
+    def __init__(self, engines: dict[str, Engine], device: torch.device | str):
+        missing = [n for n in GENERATION if n not in engines]
+        if missing:
+            raise EngineError(f"a generation session needs the engines {missing} as well")
+        self.engines, self.device = engines, torch.device(device)
+        self._entered = False
+        den = self.spec("denoiser_step")
+        latents = den.inputs[0].dims  # (1, 4, F, h, w)
+        self.frames, self.latent = int(latents[2]), int(latents[3])
+        self.size = self.latent * 8
+        self.hooked = sum(1 for t in den.inputs if re.fullmatch(r"motion_\d+", t.name))
+        self.motion_frames = int(next(t for t in den.inputs if t.name == "motion_0").dims[1])
+        self.levels = sum(1 for t in den.inputs if t.name.startswith("full_mask_"))
+        self.embedding_dim = int(self.spec("image_proj").inputs[0].dims[1])
+
+    @classmethod
+    def open(
+        cls,
+        root: str | Path,
+        device: str | torch.device | None = None,
+        overrides: dict[str, str | Path] | None = None,
+    ) -> Session:
+        """Engines built by ``hallo2rt build`` in ``root`` (``overrides``: name -> another
+        engine directory's root, e.g. another backend). Each is checked for staleness now."""
+        overrides = overrides or {}
+        unknown = sorted(set(overrides) - set(GENERATION))
+        if unknown:
+            raise EngineError(f"unknown engines {unknown}; known: {', '.join(GENERATION)}")
+        pool = None
+        engines = {}
+        for name in GENERATION:
+            directory = Path(overrides.get(name, root)) / name
+            engine = open_engine(directory, None if name in overrides else device)
+            if engine.backend == "tensorrt":
+                if pool is None:
+                    from .tensorrt_backend import MemoryPool
+
+                    pool = MemoryPool(engine.device)
+                engine.pool = pool
+            engines[name] = engine
+        main = engines["denoiser_step"].device
+        return cls(engines, device or main)
+
+    def __enter__(self) -> Session:
+        opened = []
+        try:
+            for engine in self.engines.values():
+                engine.open()
+                opened.append(engine)
+        except BaseException:
+            for engine in opened:
+                engine.close()
+            raise
+        self._entered = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for engine in self.engines.values():
+            engine.close()
+        self._entered = False
+
+    def spec(self, name: str) -> EngineSpec:
+        return self.engines[name].spec
+
+    def run(self, name: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One engine call; inputs by spec name, in any float dtype, on any device. Outputs may
+        be overwritten by the next call of the same engine: copy what you keep."""
+        engine = self.engines[name]
+        feed = {
+            t.name: inputs[t.name].to(engine.device, DTYPES[t.dtype])
+            for t in engine.spec.inputs
+            if t.name in inputs
+        }
+        out = engine.infer(feed)
+        if engine.device != self.device:
+            out = {k: v.to(self.device) for k, v in out.items()}
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """name -> "backend precision device" (for logs and benchmark records)."""
+        return {
+            n: f"{e.backend} {e.manifest.get('precision', '?')} {e.device}"
+            for n, e in self.engines.items()
+        }
