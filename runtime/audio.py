@@ -145,9 +145,8 @@ def audio_windows(features: torch.Tensor, window: int = 5) -> torch.Tensor:
 
     Frame i takes i-2 .. i+2 clamped to [0, N-1] over the whole concatenated sequence.
     """
-    n, half = features.shape[0], window // 2
-    idx = torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]
-    return features[idx.clamp(0, n - 1).to(features.device)]
+    n = features.shape[0]
+    return features[_window_index(0, n, n, window).to(features.device)]
 
 
 def resample(
@@ -166,3 +165,147 @@ def resample(
     chunks = [f.to_ndarray() for f in resampler.resample(frame)]
     chunks += [f.to_ndarray() for f in resampler.resample(None)]
     return np.concatenate(chunks, axis=1)
+
+
+class AudioStream:
+    """Sequential decode of a file's first audio stream, resampled on the fly to ``rate``
+    (None: native) and mono or the native layout (surround downmixed to stereo).
+
+    ``read(n)`` returns (channels, m) float32 with m == n except at the end of the audio, so a
+    whole hour is never in memory; opening it checks that the file is readable audio.
+    """
+
+    def __init__(self, path: str | Path, rate: int | None = None, mono: bool = False):
+        import av
+
+        self.path = Path(path)
+        self._container = _open_audio(path)
+        stream = self._container.streams.audio[0]
+        self.rate = rate or stream.codec_context.sample_rate
+        self.channels = 1 if mono or stream.codec_context.channels == 1 else 2
+        layout = "mono" if self.channels == 1 else "stereo"
+        self._resampler = av.AudioResampler(format="fltp", layout=layout, rate=self.rate)
+        self._frames = self._container.decode(stream)
+        self._pending: list[np.ndarray] = []
+        self._buffered = 0
+        self._done = False
+
+    def _pull(self) -> None:
+        import av
+
+        try:
+            frame = next(self._frames, None)
+            out = self._resampler.resample(frame)  # None flushes the resampler
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"{self.path}: the audio could not be decoded ({exc})") from exc
+        if frame is None:
+            self._done = True
+        for f in out:
+            chunk = f.to_ndarray().astype(np.float32, copy=False)
+            self._pending.append(chunk)
+            self._buffered += chunk.shape[1]
+
+    def read(self, n: int) -> np.ndarray:
+        """Up to ``n`` samples per channel (fewer only at the end)."""
+        while self._buffered < n and not self._done:
+            self._pull()
+        data = (
+            np.concatenate(self._pending, axis=1)
+            if self._pending
+            else np.zeros((self.channels, 0), np.float32)
+        )
+        out, rest = data[:, :n], data[:, n:]
+        self._pending = [rest] if rest.shape[1] else []
+        self._buffered = rest.shape[1]
+        return np.ascontiguousarray(out)
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def count_samples(path: str | Path, rate: int = SAMPLE_RATE, block: int = 1 << 20) -> int:
+    """Samples of the file's audio at ``rate`` (a decode pass that keeps nothing)."""
+    n = 0
+    with AudioStream(path, rate, mono=True) as stream:
+        while True:
+            got = stream.read(block).shape[1]
+            n += got
+            if got < block:
+                return n
+
+
+def _window_index(start: int, count: int, n: int, window: int = 5) -> torch.Tensor:
+    """Frame indices (count, window) of the windows of frames start..start+count-1 over a
+    sequence of n frames: frames past the end take the last frame's window (the last clip's
+    padding); each window's i-2..i+2 is clamped to [0, n-1] (official)."""
+    half = window // 2
+    frames = torch.arange(start, start + count).clamp(max=n - 1)
+    return (frames[:, None] + torch.arange(-half, half + 1)[None]).clamp(0, n - 1)
+
+
+class TensorFeatures:
+    """Per-frame features (N, layers, C) held in memory, served as clip windows."""
+
+    def __init__(self, features: torch.Tensor, audio_length: int | None = None):
+        self.features, self.frames = features, features.shape[0]
+        self.audio_length = audio_length if audio_length is not None else self.frames
+
+    def windows(self, start: int, count: int) -> torch.Tensor:
+        """(count, 5, layers, C) windows of frames start.. (HALLO2.md §1.3)."""
+        return self.features[_window_index(start, count, self.frames)]
+
+
+class StreamedFeatures:
+    """Audio features computed one official 60 s segment at a time, as the clips need them.
+
+    A first decode pass counts the samples (the segment plan needs the total: only the last
+    segment is padded); then segments are decoded, normalised, padded and encoded in order, and
+    a segment is dropped once no later window can reach it. At most two segments of features
+    and one of samples are in memory, whatever the audio length.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        encode: Callable[[torch.Tensor, int], torch.Tensor],
+        clip_frames: int = 16,
+    ):
+        self.plan = plan_segments(count_samples(path), clip_frames)
+        self.offsets = np.cumsum([0] + [s.frames for s in self.plan])  # first frame per segment
+        self.frames = int(self.offsets[-1])  # N, padding included
+        self.audio_length = sum(frames_for_samples(s.stop - s.start) for s in self.plan)
+        self._encode, self._path = encode, path
+        self._stream: AudioStream | None = None
+        self._cache: dict[int, torch.Tensor] = {}
+        self._next = 0  # next segment to compute
+
+    def _segment(self, k: int) -> torch.Tensor:
+        while self._next <= k:
+            if self._stream is None:
+                self._stream = AudioStream(self._path, SAMPLE_RATE, mono=True)
+            seg = self.plan[self._next]
+            wave = torch.from_numpy(self._stream.read(seg.stop - seg.start))  # (1, S)
+            x = torch.nn.functional.pad(normalize_waveform(wave), (0, seg.pad_samples))
+            self._cache[self._next] = self._encode(x, seg.frames)[0]  # (frames, layers, C)
+            self._next += 1
+        if self._next == len(self.plan) and self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        return self._cache[k]
+
+    def windows(self, start: int, count: int) -> torch.Tensor:
+        """(count, 5, layers, C) windows of frames start.. (HALLO2.md §1.3)."""
+        idx = _window_index(start, count, self.frames)
+        lo, hi = int(idx.min()), int(idx.max())
+        first = int(np.searchsorted(self.offsets, lo, side="right")) - 1
+        last = int(np.searchsorted(self.offsets, hi, side="right")) - 1
+        for k in [k for k in self._cache if k < first]:  # no later window reaches these
+            del self._cache[k]
+        span = torch.cat([self._segment(k) for k in range(first, last + 1)])
+        return span[idx - int(self.offsets[first])]

@@ -21,7 +21,14 @@ import torch
 
 from ..engines.bank import reference_token_rows
 from ..engines.session import Session
-from .audio import audio_features, audio_windows, load_audio, resample
+from .audio import (
+    AudioStream,
+    StreamedFeatures,
+    TensorFeatures,
+    audio_features,
+    load_audio,
+    resample,
+)
 from .media import MediaError
 from .portrait import Box, Portrait, build_portrait, load_image
 from .sampler import ddim_schedule
@@ -126,17 +133,20 @@ def _check_shapes(session: Session, portrait: Portrait, cfg: RunConfig) -> None:
 def generate(
     session: Session,
     portrait: Portrait,
-    features: torch.Tensor,
+    features: torch.Tensor | TensorFeatures | StreamedFeatures,
     cfg: RunConfig,
     on_step: Callable[[], None] | None = None,
     cuda_graph: bool = True,
 ) -> Iterator[Clip]:
     """Yield clips of ``cfg.frames`` frames until every audio frame is covered.
 
-    features: (N, layers, C) per-frame audio features (``audio_features``). The official loop
-    makes ``N // F`` clips and drops the tail; here a last clip covers it, its missing windows
+    features: (N, layers, C) per-frame audio features (``audio_features``), or a source of
+    clip windows (``StreamedFeatures``: computed segment by segment). The official loop makes
+    ``N // F`` clips and drops the tail; here a last clip covers it, its missing windows
     repeating the final one, so earlier clips are exactly the official ones.
     """
+    if isinstance(features, torch.Tensor):
+        features = TensorFeatures(features)
     _check_shapes(session, portrait, cfg)
     run, dev, f, m = session.run, session.device, cfg.frames, cfg.motion_frames
     tokens = run("image_proj", embedding=portrait.embedding)["image_tokens"].clone()  # (2, T, C)
@@ -163,10 +173,7 @@ def generate(
         const.update({f"{kind}_mask_{lv}": x for lv, x in enumerate(masks)})
     const = {k: v.to(dev) for k, v in const.items()}
     loop = StepLoop(session, ddim_schedule(cfg.steps), cfg.cfg_scale, cuda_graph)
-    windows = audio_windows(features)  # (N, 5, layers, C)
-    n_clips = math.ceil(windows.shape[0] / f)
-    pad = n_clips * f - windows.shape[0]
-    windows = torch.cat([windows, windows[-1:].expand(pad, *windows.shape[1:])])
+    n_clips = math.ceil(features.frames / f)
     size = portrait.pixels.shape[-1]
     keep_face = portrait.face_region[0, 0].bool()  # (S, S)
     mask_gen, noise_gen = _generators(cfg)
@@ -186,7 +193,7 @@ def generate(
         for i in range(session.hooked):  # (2M, L, C) -> (2, M, L, C) per block
             feat = rows[f"feature_{i}"]
             clip[f"motion_{i}"] = feat.reshape(2, m, *feat.shape[1:]).clone()
-        window = windows[t * f : (t + 1) * f][None]  # (1, F, 5, layers, C)
+        window = features.windows(t * f, f)[None]  # (1, F, 5, layers, C)
         clip["audio_tokens"] = run("audio_proj", windows=window)["audio_tokens"].clone()
         x = loop(clip, noise.to(dev), (lambda _i: on_step()) if on_step else None)
         pixels = run("vae_decoder", latents=x[0].transpose(0, 1))["pixels"]  # (F, 3, S, S)
@@ -223,14 +230,6 @@ def generate_video(
             f"expects {session.embedding_dim} (the raw ArcFace embedding)"
         )
     rgb = load_image(image)
-    native = load_audio(audio, sample_rate=None, mono=False)  # decoded once; muxed as is
-    samples, rate = native
-    if separate is None:
-        wave16 = resample(samples, rate, 16000, mono=True)
-    else:  # features from the isolated voice (official --separate-vocals path)
-        stereo = resample(samples, rate, VOCALS_RATE, mono=False)
-        vocals = separate(np.repeat(stereo, 2, axis=0) if stereo.shape[0] == 1 else stereo)
-        wave16 = resample(vocals, VOCALS_RATE, 16000, mono=True)
     portrait = build_portrait(rgb, size, face_box, embedding, lip_box, face_expand_ratio)
     _check_shapes(session, portrait, cfg)  # before any model work
 
@@ -240,8 +239,18 @@ def generate_video(
             raise RuntimeError(f"audio_encoder gave {feats.shape[1]} frames for {n}")
         return feats.float().cpu()
 
-    features, audio_length = audio_features(wave16[0], encode, cfg.frames)
-    n_clips = math.ceil(features.shape[0] / cfg.frames)
+    if separate is None:  # streamed: memory does not grow with the audio's length
+        features = StreamedFeatures(audio, encode, cfg.frames)  # a first pass checks the file
+        native: AudioStream | tuple[np.ndarray, int] = AudioStream(audio)  # muxed as it goes
+    else:  # the separator needs the whole stereo track (official --separate-vocals path)
+        samples, rate = load_audio(audio, sample_rate=None, mono=False)
+        stereo = resample(samples, rate, VOCALS_RATE, mono=False)
+        vocals = separate(np.repeat(stereo, 2, axis=0) if stereo.shape[0] == 1 else stereo)
+        wave16 = resample(vocals, VOCALS_RATE, 16000, mono=True)
+        features = TensorFeatures(*audio_features(wave16[0], encode, cfg.frames))
+        native = (samples, rate)
+    audio_length = features.audio_length
+    n_clips = math.ceil(features.frames / cfg.frames)
     steps_total, done = n_clips * cfg.steps, [0]
     start = time.perf_counter()
 
@@ -262,17 +271,21 @@ def generate_video(
         done[0] += 1
         report(done[0] // cfg.steps)
 
-    writer = VideoWriter(out, size, size, cfg.fps, audio=native, max_frames=audio_length)
     try:
-        for clip in generate(session, portrait, features, cfg, on_step, cuda_graph):
-            writer.write(clip.frames)
-    except BaseException:
-        if keep_partial and writer.frames_written:
-            writer.close(trim_audio=True)
-            log.warning("stopped: kept the first %d frames in %s", writer.frames_written, out)
-        else:
-            writer.abort()
-        raise
-    writer.close()
+        writer = VideoWriter(out, size, size, cfg.fps, audio=native, max_frames=audio_length)
+        try:
+            for clip in generate(session, portrait, features, cfg, on_step, cuda_graph):
+                writer.write(clip.frames)
+        except BaseException:
+            if keep_partial and writer.frames_written:
+                writer.close(trim_audio=True)
+                log.warning("stopped: kept the first %d frames in %s", writer.frames_written, out)
+            else:
+                writer.abort()
+            raise
+        writer.close()
+    finally:
+        if isinstance(native, AudioStream):
+            native.close()
     log.info("%d frames in %.1f s", audio_length, time.perf_counter() - start)
     return Path(out)

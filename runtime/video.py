@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,9 @@ class VideoWriter:
     """``with VideoWriter(out, 512, 512, audio=(samples, rate)) as w: w.write(frames)``.
 
     frames: (N, H, W, 3) uint8 RGB. ``max_frames`` trims the video (to the audio's length);
-    frames beyond it are dropped. audio: (channels, n) float32 in [-1, 1] and its rate.
+    frames beyond it are dropped. audio: ((channels, n) float32 in [-1, 1], rate), or a reader
+    with ``rate``, ``channels`` and ``read(n)`` (``runtime.audio.AudioStream``: read as the video
+    advances, so the audio is never whole in memory).
     """
 
     def __init__(
@@ -34,7 +37,7 @@ class VideoWriter:
         width: int,
         height: int,
         fps: int = 25,
-        audio: tuple[np.ndarray, int] | None = None,
+        audio: tuple[np.ndarray, int] | Any | None = None,
         max_frames: int | None = None,
         crf: int = 18,
         preset: str = "medium",
@@ -54,11 +57,10 @@ class VideoWriter:
         self._video.options = {"crf": str(crf), "preset": preset}
         self._audio = None
         if audio is not None:
-            samples, rate = audio
-            self._samples = np.ascontiguousarray(samples, dtype=np.float32)
-            self._rate, self._audio_pos = rate, 0
-            layout = "mono" if samples.shape[0] == 1 else "stereo"
-            self._audio = self._container.add_stream("aac", rate=rate, layout=layout)
+            self._source = _ArraySource(*audio) if isinstance(audio, tuple) else audio
+            self._rate, self._audio_pos = self._source.rate, 0
+            layout = "mono" if self._source.channels == 1 else "stereo"
+            self._audio = self._container.add_stream("aac", rate=self._rate, layout=layout)
             self._layout = layout
 
     def write(self, frames: np.ndarray) -> None:
@@ -80,24 +82,27 @@ class VideoWriter:
         self._mux_audio(self.frames_written / self.fps, final=False)
 
     def _mux_audio(self, until_seconds: float | None, final: bool) -> None:
+        """Encode audio up to ``until_seconds`` (None: to its end) in AAC-sized frames; only
+        the very last frame (``final``) may be short."""
         import av
 
         if self._audio is None:
             return
-        n = self._samples.shape[1]
-        end = n if until_seconds is None else min(n, int(until_seconds * self._rate))
-        while self._audio_pos < end:
-            stop = min(self._audio_pos + AUDIO_CHUNK, end)
-            if stop - self._audio_pos < AUDIO_CHUNK and not final:
-                break  # only the very last AAC frame may be short
-            chunk = self._samples[:, self._audio_pos : stop]
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(chunk), format="fltp", layout=self._layout
-            )
+        limit = None if until_seconds is None else int(until_seconds * self._rate)
+        while True:
+            want = AUDIO_CHUNK if limit is None else min(AUDIO_CHUNK, limit - self._audio_pos)
+            if want <= 0 or (want < AUDIO_CHUNK and not final):
+                return
+            chunk = self._source.read(want)
+            if chunk.shape[1] == 0:
+                return
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self._layout)
             frame.sample_rate, frame.pts = self._rate, self._audio_pos
             frame.time_base = Fraction(1, self._rate)
             self._container.mux(self._audio.encode(frame))
-            self._audio_pos = stop
+            self._audio_pos += chunk.shape[1]
+            if chunk.shape[1] < want:  # the audio ended
+                return
 
     def close(self, trim_audio: bool = False) -> Path:
         """Flush, finish the file and move it into place; returns the final path.
@@ -136,3 +141,16 @@ def to_uint8_frames(pixels) -> np.ndarray:
     x = torch.as_tensor(pixels).float()
     x = ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)  # official (x/2+0.5).clamp
     return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class _ArraySource:
+    """An in-memory track with the reader interface of ``AudioStream``."""
+
+    def __init__(self, samples: np.ndarray, rate: int):
+        self.samples = np.ascontiguousarray(samples, dtype=np.float32)
+        self.rate, self.channels, self._pos = rate, self.samples.shape[0], 0
+
+    def read(self, n: int) -> np.ndarray:
+        out = self.samples[:, self._pos : self._pos + n]
+        self._pos += out.shape[1]
+        return np.ascontiguousarray(out)

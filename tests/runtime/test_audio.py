@@ -101,3 +101,47 @@ def test_normalisation_matches_the_feature_extractor():
     norm = normalize_waveform(wave)
     torch.testing.assert_close(norm.mean(-1), torch.zeros(2), atol=1e-5, rtol=0)
     torch.testing.assert_close(norm.std(-1, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
+
+
+def _fake_encoder(calls):
+    """A deterministic stand-in encoder: per frame, the mean and std of its 640 samples."""
+
+    def encode(x, seq_len):
+        calls.append(seq_len)
+        x = torch.nn.functional.pad(x[0], (0, seq_len * 640 - x.shape[1]))
+        frames = x.reshape(seq_len, 640)
+        return torch.stack([frames.mean(1), frames.std(1)], dim=1)[None, :, :, None]
+
+    return encode
+
+
+def test_streamed_features_equal_the_whole_file_features(tmp_path):
+    """Two official segments (61.3 s): the streamed windows of every clip equal those of the
+    features computed from the whole decoded file, with at most two segments held."""
+    from hallo2rt.runtime.audio import AudioStream, StreamedFeatures, TensorFeatures
+
+    write_audio(tmp_path / "a.wav", 61.3, rate=22050)
+    wave, _ = load_audio(tmp_path / "a.wav")
+    whole = TensorFeatures(*audio_features(wave[0], _fake_encoder([])))
+    calls = []
+    streamed = StreamedFeatures(tmp_path / "a.wav", _fake_encoder(calls), 16)
+    assert (streamed.frames, streamed.audio_length) == (whole.frames, whole.audio_length)
+    assert calls == []  # nothing is encoded before a clip needs it
+    held = []
+    for t in range(-(-whole.frames // 16)):
+        torch.testing.assert_close(streamed.windows(16 * t, 16), whole.windows(16 * t, 16))
+        held.append(len(streamed._cache))
+    assert calls == [1500, 48] and max(held) == 2 and held[-1] == 1  # segment 0 dropped
+    with AudioStream(tmp_path / "a.wav", 16000, mono=True) as s:
+        chunks = [s.read(100_000) for _ in range(11)]
+    assert [c.shape[1] for c in chunks][:9] == [100_000] * 9
+    np.testing.assert_array_equal(np.concatenate(chunks, axis=1), wave)
+
+
+def test_last_clip_windows_repeat_the_final_window():
+    from hallo2rt.runtime.audio import TensorFeatures
+
+    feats = TensorFeatures(torch.arange(20.0)[:, None, None])
+    tail = feats.windows(16, 16)[:, :, 0, 0]
+    assert tail[3].tolist() == [17, 18, 19, 19, 19]
+    assert all(row.tolist() == [17, 18, 19, 19, 19] for row in tail[4:])
