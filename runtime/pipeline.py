@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from .media import MediaError
 from .portrait import Box, Portrait, build_portrait, load_image
 from .sampler import ddim_schedule
 from .steploop import StepLoop
-from .video import VideoWriter, to_uint8_frames
+from .video import ClipWriter, VideoWriter, host_frames
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,13 @@ class RunConfig:
 @dataclass(frozen=True)
 class Clip:
     index: int  # clip number, from 0
-    frames: np.ndarray  # (F, S, S, 3) uint8 RGB
+    pixels: torch.Tensor  # (F, 3, S, S) in [-1, 1] on the session's device (a copy)
+    ready: Any = None  # CUDA event recorded after the decode (None on the CPU)
+
+    @property
+    def frames(self) -> np.ndarray:
+        """(F, S, S, 3) uint8 RGB on the host."""
+        return host_frames(self.pixels, self.ready)
 
 
 @dataclass(frozen=True)
@@ -199,7 +206,12 @@ def generate(
         pixels = run("vae_decoder", latents=x[0].transpose(0, 1))["pixels"]  # (F, 3, S, S)
         unit = (pixels.float() / 2 + 0.5).clamp(0, 1)  # official: frames in [0, 1] on the CPU
         motion = unit[-m:] * 2 - 1  # next clip's motion frames
-        yield Clip(t, to_uint8_frames(pixels))
+        pixels = pixels.clone()  # the engine reuses its output buffer
+        ready = None
+        if pixels.device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record()
+        yield Clip(t, pixels, ready)
     log.info("step loop: %s", loop.mode)
 
 
@@ -273,17 +285,18 @@ def generate_video(
 
     try:
         writer = VideoWriter(out, size, size, cfg.fps, audio=native, max_frames=audio_length)
+        sink = ClipWriter(writer)  # converts and encodes while the next clip denoises
         try:
             for clip in generate(session, portrait, features, cfg, on_step, cuda_graph):
-                writer.write(clip.frames)
+                sink.put(clip.pixels, clip.ready)
         except BaseException:
-            if keep_partial and writer.frames_written:
-                writer.close(trim_audio=True)
+            if keep_partial and sink.clips_put:
+                sink.close(trim_audio=True)  # what was generated, audio cut with the video
                 log.warning("stopped: kept the first %d frames in %s", writer.frames_written, out)
             else:
-                writer.abort()
+                sink.abort()
             raise
-        writer.close()
+        sink.close()
     finally:
         if isinstance(native, AudioStream):
             native.close()

@@ -154,3 +154,82 @@ class _ArraySource:
         out = self.samples[:, self._pos : self._pos + n]
         self._pos += out.shape[1]
         return np.ascontiguousarray(out)
+
+
+def host_frames(pixels, ready=None) -> np.ndarray:
+    """Decoder output (N, 3, H, W) on any device -> (N, H, W, 3) uint8 on the host.
+
+    On a GPU the copy runs on its own stream after ``ready`` (an event recorded when the decode
+    was enqueued) into pinned memory, so it overlaps the next clip's denoising instead of
+    waiting behind it on the generation stream."""
+    import torch
+
+    if pixels.device.type == "cuda":
+        stream = torch.cuda.Stream(pixels.device)
+        with torch.cuda.stream(stream):
+            if ready is not None:
+                stream.wait_event(ready)
+            pixels.record_stream(stream)  # keep the allocator from reusing it mid-copy
+            host = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
+            host.copy_(pixels, non_blocking=True)
+        stream.synchronize()
+        pixels = host
+    return to_uint8_frames(pixels)
+
+
+class ClipWriter:
+    """Converts and encodes clips on a worker thread while the caller makes the next one.
+
+    ``put`` blocks when ``depth`` clips are waiting, so memory stays bounded; an error in the
+    worker is raised in the caller at the next ``put`` or at ``close``. ``close`` finishes the
+    file (everything put is written); ``abort`` drops what is queued and removes the file.
+    """
+
+    _STOP = object()
+
+    def __init__(self, writer: VideoWriter, depth: int = 2):
+        import queue
+        import threading
+
+        self.writer = writer
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._cancel = False
+        self.clips_put = 0
+        self._thread = threading.Thread(target=self._work, name="hallo2rt-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._STOP:
+                return
+            if self._error is not None or self._cancel:
+                continue  # drain without work
+            try:
+                self.writer.write(host_frames(*item))
+            except BaseException as exc:  # handed to the caller
+                self._error = exc
+
+    def put(self, pixels, ready=None) -> None:
+        """Queue one clip's decoded pixels (N, 3, H, W) in [-1, 1] (not modified afterwards)."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((pixels, ready))
+        self.clips_put += 1
+
+    def _join(self) -> None:
+        self._queue.put(self._STOP)
+        self._thread.join()
+
+    def close(self, trim_audio: bool = False) -> Path:
+        self._join()
+        if self._error is not None:
+            self.writer.abort()
+            raise self._error
+        return self.writer.close(trim_audio)
+
+    def abort(self) -> None:
+        self._cancel = True
+        self._join()
+        self.writer.abort()

@@ -77,3 +77,25 @@ def test_decoder_pixels_map_to_uint8_like_the_official_pipeline():
     out = to_uint8_frames(px)
     assert out.shape == (1, 1, 5, 3)
     assert out[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+def test_clip_writer_encodes_in_order_and_hands_back_worker_errors(tmp_path):
+    from hallo2rt.runtime.video import ClipWriter
+
+    av = pytest.importorskip("av")
+    clips = [torch.full((4, 3, 16, 16), v) for v in (-1.0, 0.0, 1.0)]
+    sink = ClipWriter(VideoWriter(tmp_path / "ok.mp4", 16, 16), depth=1)
+    for c in clips:
+        sink.put(c)
+    sink.close()
+    with av.open(str(tmp_path / "ok.mp4")) as f:
+        means = [fr.to_ndarray(format="rgb24").mean() for fr in f.decode(video=0)]
+    assert len(means) == 12 and means[0] < means[4] < means[8]  # order kept
+
+    sink = ClipWriter(VideoWriter(tmp_path / "bad.mp4", 16, 16))
+    sink.put(torch.zeros(3, 8, 8))  # not (N, 3, H, W): the conversion fails in the worker
+    with pytest.raises(RuntimeError):
+        for _ in range(3):
+            sink.put(clips[0])
+        sink.close()
+    assert not list(tmp_path.glob("*bad*"))
