@@ -104,6 +104,35 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_bench_options(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--engines", type=Path, help="engines built by `hallo2rt build`")
+    src.add_argument("--checkpoints", type=Path, help="the official pretrained_models/ folder")
+    src.add_argument(
+        "--random",
+        choices=("tiny", "full"),
+        help="random weights (never zeros) in the official layout: tiny, or the released shapes "
+        "(writes ~10 GB to a temporary folder)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (PyTorch paths)")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="PyTorch paths")
+    p.add_argument("--steps", type=int, default=40, help="DDIM steps per clip")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip (PyTorch paths)")
+    p.add_argument("--size", type=int, default=512, help="image side (PyTorch paths)")
+    p.add_argument("--clips", type=int, default=2, help="clips in the end-to-end runs")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per engine")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per engine first")
+    p.add_argument(
+        "--baseline",
+        choices=("official",),
+        help="also run the official-style eager loop on the same weights (PyTorch paths)",
+    )
+    p.add_argument("--no-cuda-graph", action="store_true", help="per-step launches")
+    p.add_argument("--json", type=Path, help="write every measurement as JSON lines")
+    p.add_argument("--markdown", type=Path, help="write the report's tables")
+    p.add_argument("--plot", type=Path, help="write the stage breakdown as a PNG")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults, except the empty ones (None, False) whose help already says what happens."""
 
@@ -210,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
         elif name == "build":
             _add_build_options(p)
+        elif name == "bench":
+            _add_bench_options(p)
         elif name == "doctor":
             p.add_argument("--engines", type=Path, help="also report on this engine directory")
             p.add_argument(
@@ -489,6 +520,64 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from hallo2rt.benchmarks.bench import (
+        BenchConfig,
+        markdown,
+        plot,
+        run_benchmark,
+        write_json_lines,
+    )
+
+    cfg = BenchConfig(
+        steps=args.steps,
+        clips=args.clips,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        baseline=args.baseline == "official",
+        cuda_graph=not args.no_cuda_graph,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.engines is not None:
+            if cfg.baseline:
+                raise ValueError(
+                    "--baseline official runs the PyTorch modules: use --checkpoints or --random"
+                )
+            from hallo2rt.engines.session import Session
+
+            session, modules = Session.open(args.engines), None
+        else:
+            from hallo2rt.engines.torch_backend import session_from_pretrained
+            from hallo2rt.export.checkpoints import GENERATION, load_pretrained
+            from hallo2rt.export.graphs import GraphShapes
+
+            root = args.checkpoints
+            if root is None:
+                from hallo2rt.export.random_weights import make_random_pretrained
+
+                root = Path(tmp) / "pretrained_models"
+                print(f"writing a {args.random} random tree ...", file=sys.stderr)
+                make_random_pretrained(root, args.random, seed=0)
+            pre = load_pretrained(root, GENERATION)
+            shapes = GraphShapes(size=args.size, frames=args.frames)
+            session = session_from_pretrained(pre, shapes, args.device, args.dtype == "fp16")
+            modules = pre.modules
+        records = run_benchmark(
+            session, cfg, modules, log=lambda s: print(s, file=sys.stderr, flush=True)
+        )
+    report = markdown(records)
+    print(report)
+    if args.json:
+        write_json_lines(records, args.json)
+    if args.markdown:
+        args.markdown.write_text(report + "\n")
+    if args.plot:
+        plot(records, args.plot)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from hallo2rt.engines.doctor import doctor
 
@@ -503,6 +592,7 @@ COMMANDS = {
     "export": cmd_export,
     "build": cmd_build,
     "doctor": cmd_doctor,
+    "bench": cmd_bench,
 }
 
 

@@ -310,65 +310,19 @@ def test_interrupt_mid_run_leaves_no_output_or_what_was_finished(models, tmp_pat
 
 
 def test_pipeline_equals_the_official_clip_loop_written_out(tiny, portrait):
-    """HALLO2.md §1.5-1.8 step by step with the modules (6-row ReferenceNet every clip, reference
-    projected every step, motion frames through the CPU [0, 1] round trip, one CPU generator,
-    fp16 noise) vs the runtime's cached, reordered pipeline."""
-    from hallo2rt.engines.bank import reference_tokens_official, split_reference_bank
-    from hallo2rt.runtime.audio import audio_windows
-    from hallo2rt.runtime.sampler import ddim_schedule
+    """HALLO2.md §1.5-1.8 step by step with the modules (``benchmarks.baseline``: 6-row
+    ReferenceNet every clip, reference projected every step, motion frames through the CPU
+    [0, 1] round trip, one CPU generator, fp16 noise) vs the runtime's cached, reordered
+    pipeline."""
+    from hallo2rt.benchmarks.baseline import official_clips
 
     models = session_from_pretrained(tiny, GraphShapes(size=64, frames=16))
     cfg = RunConfig(steps=3, frames=16, seed=42, official_rng=True, pose_weight=0.8, lip_weight=1.3)
     feats = torch.randn(32, 2, 32, generator=torch.Generator().manual_seed(5))
     with models:
         got = [c.frames for c in generate(models, portrait, feats, cfg)]
-
-    den, ref_net, vae_e, vae_d = (
-        tiny[n] for n in ("denoiser", "reference_unet", "vae_encoder", "vae_decoder")
-    )
-    gen = torch.manual_seed(42)  # the official global generator
-    emb = portrait.embedding
-    tokens = torch.cat([tiny["image_proj"](torch.zeros_like(emb)), tiny["image_proj"](emb)])
-    face = tiny["face_locator"](portrait.face_region)
-    face = torch.cat([torch.zeros_like(face), face])[:, :, None]
-    windows = audio_windows(feats)
-    sched = ddim_schedule(3)
-    scale = torch.tensor([0.8, 1.0, 1.3])
-    masks = (portrait.full_masks, portrait.face_masks, portrait.lip_masks)
-    motion01 = (portrait.pixels / 2 + 0.5).expand(2, -1, -1, -1)  # clip 0: the portrait
-    want = []
-    with torch.no_grad():
-        for t in range(2):
-            rand = torch.rand(64, 64, generator=gen)
-            noise = torch.randn((1, 4, 16, 8, 8), generator=gen, dtype=torch.float16).float()
-            keep = (rand > 0.25) | portrait.face_region[0, 0].bool()
-            ref_img = torch.cat([portrait.pixels, (motion01 * 2 - 1) * keep])  # (3, 3, S, S)
-            latents = vae_e(ref_img)
-            bank = ref_net(
-                latents.repeat(2, 1, 1, 1), torch.tensor(0), reference_tokens_official(tokens)
-            )
-            refs, mots = zip(*(split_reference_bank(b) for b in bank), strict=True)
-            audio = tiny["audio_proj"](windows[16 * t : 16 * t + 16][None])
-            audio = torch.cat([torch.zeros_like(audio), audio])
-            x = noise
-            for i, ts in enumerate(sched.timesteps):
-                v = den(
-                    torch.cat([x, x]),
-                    ts,
-                    tokens,
-                    audio,
-                    face,
-                    den.reference_kv(refs),
-                    mots,
-                    *masks,
-                    scale,
-                )
-                v = v[:1] + 3.5 * (v[1:] - v[:1])
-                x = sched.a[i] * x + sched.b[i] * v
-            frames = torch.cat([vae_d(x[0, :, j][None]) for j in range(16)])  # one at a time
-            unit = (frames / 2 + 0.5).clamp(0, 1)
-            motion01 = unit[-2:]  # CPU fp32 in [0, 1], mapped x2-1 at the next clip
-            want.append((unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    want = list(official_clips(tiny.modules, portrait, feats, cfg))
+    assert len(want) == 2
     d0, d1 = (np.abs(a.astype(int) - b.astype(int)) for a, b in zip(got, want, strict=True))
     assert d0.max() <= 1  # clip 0: the same floats up to summation order
     # Clip 1 starts from clip 0's decoded frames, and this random tiny network amplifies

@@ -1,0 +1,500 @@
+"""``hallo2rt bench``: per-engine latency, end-to-end frames per second, the stage breakdown and
+the official-style baseline, in one run (benchmarks/README.md explains every number).
+
+Timers:
+- engine latency: each generation engine alone on valid random inputs at its spec's opt sizes;
+  ``warmup`` calls, then ``repeats`` timed calls (CUDA events around each call on a GPU,
+  ``perf_counter`` on the CPU); median and p90.
+- end to end: ``generate_video`` on the bundled portrait and a synthetic tone of ``clips``
+  clips, from the start of the call (audio decode and features included) to the closed MP4;
+  frames per second, real-time factor (generation seconds / audio seconds), time to the first
+  clip handed to the encoder.
+- generation only (the comparison with the baseline): clips from ``generate`` converted to host
+  frames, no audio features and no encoding, timed the same way for both sides, each after one
+  untimed warm-up clip.
+- stage shares: engine medians times their calls per clip (per-video work spread over the
+  clips), plus the measured encode time per clip.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engines.session import GENERATION, Session
+from ..engines.spec import random_feed
+
+# HALLO2.md §5: denoiser FLOP per generated frame at 512 x 512, 16 frames, 40 steps, CFG 3.5
+TFLOP_PER_FRAME = {"official": 137.9, "ours": 123.8}
+STAGES = {  # engine -> stage of the breakdown
+    "audio_encoder": "audio",
+    "audio_proj": "audio",
+    "image_proj": "reference",
+    "face_locator": "reference",
+    "vae_encoder": "reference",
+    "reference_unet": "reference",
+    "denoiser_step": "denoise",
+    "vae_decoder": "decode",
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one benchmark run measures (recorded in every JSON line)."""
+
+    steps: int = 40  # DDIM steps per clip
+    clips: int = 2  # clips in the end-to-end and baseline runs
+    repeats: int = 10  # timed calls per engine
+    warmup: int = 2  # untimed calls per engine first
+    baseline: bool = False  # also run the official-style loop (needs checkpoint modules)
+    cuda_graph: bool = True  # the runtime's step loop (GPU, TensorRT/torch engines)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "clips", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BenchConfig.{name} = {getattr(self, name)} must be >= 1")
+        if self.warmup < 0:
+            raise ValueError(f"BenchConfig.warmup = {self.warmup} must be >= 0")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list:
+    """Seconds per call of ``fn`` (after ``warmup`` calls)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def _summary(seconds: list[float]) -> dict[str, float]:
+    ordered = sorted(seconds)
+    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    return {
+        "median_ms": statistics.median(ordered) * 1e3,
+        "p90_ms": p90 * 1e3,
+        "min_ms": ordered[0] * 1e3,
+        "calls": len(ordered),
+    }
+
+
+def engine_latencies(session: Session, cfg: BenchConfig) -> dict[str, dict[str, float]]:
+    """Median / p90 latency of every generation engine on random inputs at opt sizes."""
+    out = {}
+    for name in GENERATION:
+        engine = session.engines[name]
+        feed = random_feed(engine.spec, engine.spec.sizes("opt"), seed=1, device=engine.device)
+        with torch.inference_mode():
+            times = time_calls(
+                lambda e=engine, f=feed: e.infer(f), engine.device, cfg.warmup, cfg.repeats
+            )
+        out[name] = {**_summary(times), "sizes": engine.spec.sizes("opt")}
+    return out
+
+
+def calls_per_clip(session: Session, cfg: BenchConfig, clips: int) -> dict[str, float]:
+    """How often each engine runs per clip in the runtime (per-video work spread over clips)."""
+    return {
+        "audio_encoder": 1 / clips,  # one 60 s segment covers every clip measured here
+        "audio_proj": 1,
+        "image_proj": 1 / clips,
+        "face_locator": 1 / clips,
+        "vae_encoder": 1 + 1 / clips,  # motion frames; the reference once per video
+        "reference_unet": 1 + 1 / clips,
+        "denoiser_step": cfg.steps,
+        "vae_decoder": 1,
+    }
+
+
+def _portrait(size: int, embedding_dim: int):
+    from hallo2rt.cli import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX
+    from hallo2rt.runtime.portrait import build_portrait, load_image, parse_box
+
+    rgb = load_image(ASSETS / "portrait.jpg")
+    emb = np.random.default_rng(0).standard_normal(embedding_dim).astype(np.float32)
+    return build_portrait(rgb, size, parse_box(DEMO_FACE_BOX), emb, parse_box(DEMO_LIP_BOX))
+
+
+def _features(session: Session, frames: int) -> torch.Tensor:
+    """Random per-frame audio features of the encoder's width (generation-only runs)."""
+    out = session.spec("audio_encoder").outputs[0].dims  # (1, frames, layers, C)
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(frames, int(out[2]), int(out[3]), generator=g)
+
+
+def generation_only(session: Session, cfg: BenchConfig) -> dict[str, float]:
+    """Clips from ``generate`` to host frames: the scope the baseline is compared in."""
+    from hallo2rt.runtime.pipeline import RunConfig, generate
+
+    run = RunConfig(steps=cfg.steps, frames=session.frames)
+    portrait = _portrait(session.size, session.embedding_dim)
+    feats = _features(session, cfg.clips * session.frames)
+    for clip in generate(
+        session, portrait, feats[: session.frames], run, cuda_graph=cfg.cuda_graph
+    ):
+        _ = clip.frames  # warm-up clip: first-call costs at the run shapes, graph capture
+    _sync(session.device)
+    start = time.perf_counter()
+    first = None
+    n = 0
+    for clip in generate(session, portrait, feats, run, cuda_graph=cfg.cuda_graph):
+        n += clip.frames.shape[0]
+        first = first or time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return {"frames": n, "seconds": seconds, "fps": n / seconds, "first_clip_s": first}
+
+
+def baseline_only(modules: dict, session: Session, cfg: BenchConfig) -> dict[str, float]:
+    """The official-style loop (``benchmarks.baseline``) on the same weights and inputs."""
+    from hallo2rt.runtime.pipeline import RunConfig
+
+    from .baseline import official_clips
+
+    run = RunConfig(steps=cfg.steps, frames=session.frames)
+    portrait = _portrait(session.size, session.embedding_dim)
+    feats = _features(session, cfg.clips * session.frames)
+    dtype = next(modules["denoiser"].parameters()).dtype
+    for _ in official_clips(modules, portrait, feats[: session.frames], run, session.device, dtype):
+        pass  # warm-up clip, as for the runtime
+    _sync(session.device)
+    start = time.perf_counter()
+    first, n = None, 0
+    for frames in official_clips(modules, portrait, feats, run, session.device, dtype):
+        n += frames.shape[0]
+        first = first or time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return {"frames": n, "seconds": seconds, "fps": n / seconds, "first_clip_s": first}
+
+
+def end_to_end(session: Session, cfg: BenchConfig, workdir: Path) -> dict[str, float]:
+    """``generate_video`` with a synthetic tone of ``clips`` clips, to a finished MP4."""
+    from hallo2rt.cli import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX
+    from hallo2rt.runtime.pipeline import RunConfig, generate_video
+    from hallo2rt.runtime.portrait import parse_box
+
+    from .memory import _write_tone
+
+    seconds_audio = cfg.clips * session.frames / 25
+    audio = workdir / "tone.wav"
+    _write_tone(audio, seconds_audio)
+    first: list[float] = []
+    start = time.perf_counter()
+
+    def progress(p) -> None:
+        if p.clip >= 1 and not first:
+            first.append(time.perf_counter() - start)
+
+    generate_video(
+        session,
+        ASSETS / "portrait.jpg",
+        audio,
+        workdir / "bench.mp4",
+        parse_box(DEMO_FACE_BOX),
+        np.random.default_rng(0).standard_normal(session.embedding_dim),
+        RunConfig(steps=cfg.steps, frames=session.frames),
+        size=session.size,
+        lip_box=parse_box(DEMO_LIP_BOX),
+        progress=progress,
+        cuda_graph=cfg.cuda_graph,
+    )
+    seconds = time.perf_counter() - start
+    frames = math.ceil(seconds_audio * 25)
+    return {
+        "frames": frames,
+        "audio_seconds": seconds_audio,
+        "seconds": seconds,
+        "fps": frames / seconds,
+        "real_time_factor": seconds / seconds_audio,
+        "first_clip_s": first[0] if first else seconds,
+    }
+
+
+def encode_seconds_per_clip(session: Session, workdir: Path, repeats: int = 3) -> float:
+    """H.264 encoding of one clip of random frames at the session's size (median)."""
+    from hallo2rt.runtime.video import VideoWriter
+
+    frames = np.random.default_rng(0).integers(
+        0, 256, (session.frames, session.size, session.size, 3), dtype=np.uint8
+    )
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        with VideoWriter(workdir / f"enc{i}.mp4", session.size, session.size) as w:
+            w.write(frames)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def stage_shares(
+    latency: dict, calls: dict[str, float], encode_s: float
+) -> dict[str, dict[str, float]]:
+    """Seconds per clip and share of each stage."""
+    per_clip: dict[str, float] = {}
+    for name, stats in latency.items():
+        stage = STAGES[name]
+        per_clip[stage] = per_clip.get(stage, 0.0) + stats["median_ms"] / 1e3 * calls[name]
+    per_clip["encode"] = encode_s
+    total = sum(per_clip.values())
+    return {k: {"seconds_per_clip": v, "share": v / total} for k, v in per_clip.items()}
+
+
+def gemm_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float | None:
+    """Measured dense fp16 GEMM rate of this GPU (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.float16)
+    b = torch.randn(n, n, device=device, dtype=torch.float16)
+    times = time_calls(lambda: a @ b, device, 3, repeats)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def environment(session: Session) -> dict[str, Any]:
+    from hallo2rt.engines.doctor import _driver
+    from hallo2rt.engines.manifest import environment as env
+
+    out = env(str(session.device))
+    out.update(
+        platform=platform.platform(),
+        machine=platform.machine(),
+        cpus=__import__("os").cpu_count(),
+        driver=_driver() if session.device.type == "cuda" else None,
+        engines=session.describe(),
+        shapes={"size": session.size, "frames": session.frames, "motion": session.motion_frames},
+    )
+    try:
+        import tensorrt
+
+        out["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        out["tensorrt"] = None
+    return out
+
+
+def run_benchmark(
+    session: Session,
+    cfg: BenchConfig,
+    modules: dict | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[dict[str, Any]]:
+    """Every measurement as JSON-ready records (one per line in ``--json``)."""
+    records: list[dict[str, Any]] = [
+        {"kind": "config", **asdict(cfg)},
+        {"kind": "environment", **environment(session)},
+    ]
+    dev = session.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    with session, tempfile.TemporaryDirectory() as tmp:
+        log("engine latencies ...")
+        latency = engine_latencies(session, cfg)
+        for name, stats in latency.items():
+            records.append(
+                {
+                    "kind": "engine",
+                    "engine": name,
+                    **stats,
+                    "timer": "one infer() call, device-synchronised",
+                }
+            )
+        log("generation ...")
+        gen = generation_only(session, cfg)
+        records.append(
+            {
+                "kind": "generation",
+                "side": "hallo2rt",
+                **gen,
+                "timer": "generate() clips to host uint8 frames; no audio, no encode",
+            }
+        )
+        if cfg.baseline:
+            if modules is None:
+                raise ValueError("--baseline official needs the modules: --checkpoints/--random")
+            log("official-style baseline ...")
+            base = baseline_only(modules, session, cfg)
+            records.append(
+                {
+                    "kind": "generation",
+                    "side": "official-style baseline",
+                    **base,
+                    "timer": "official_clips() to host uint8 frames; no audio, no encode",
+                    "speedup": gen["fps"] / base["fps"],
+                }
+            )
+        log("end to end ...")
+        e2e = end_to_end(session, cfg, Path(tmp))
+        records.append(
+            {
+                "kind": "end_to_end",
+                **e2e,
+                "timer": "generate_video(): audio decode + features, clips, MP4 closed",
+            }
+        )
+        encode_s = encode_seconds_per_clip(session, Path(tmp))
+    shares = stage_shares(latency, calls_per_clip(session, cfg, cfg.clips), encode_s)
+    records.append(
+        {
+            "kind": "stages",
+            "stages": shares,
+            "timer": "engine medians x calls per clip, plus encode per clip",
+        }
+    )
+    step_s = latency["denoiser_step"]["median_ms"] / 1e3
+    full = session.size == 512 and session.frames == 16
+    tflop_step = TFLOP_PER_FRAME["ours"] * session.frames / 40 if full else None
+    peak = gemm_tflops(dev)
+    records.append(
+        {
+            "kind": "compute",
+            "denoiser_tflop_per_step": tflop_step,
+            "denoiser_tflops_achieved": tflop_step / step_s if tflop_step else None,
+            "gpu_fp16_gemm_tflops_measured": peak,
+            "share_of_gemm_peak": (tflop_step / step_s / peak) if tflop_step and peak else None,
+            "note": "FLOP counts from HALLO2.md §5 apply to the released model at 512 x 512, 16 "
+            "frames; other shapes report none",
+        }
+    )
+    records.append(
+        {
+            "kind": "memory",
+            "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "gpu_peak_torch_allocated_mb": (
+                torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+            ),
+            "gpu_used_mb_at_end": (
+                (lambda f, t: (t - f) / 2**20)(*torch.cuda.mem_get_info(dev))
+                if dev.type == "cuda"
+                else None
+            ),
+        }
+    )
+    return records
+
+
+def markdown(records: list[dict[str, Any]]) -> str:
+    """The report as a Markdown table block."""
+    env = next(r for r in records if r["kind"] == "environment")
+    cfg = next(r for r in records if r["kind"] == "config")
+    lines = [
+        f"Device: {env.get('gpu') or env['machine'] + ' CPU'} ({env['cpus']} CPUs); torch "
+        f"{env['torch']}, onnxruntime {env.get('onnxruntime')}, TensorRT {env.get('tensorrt')}; "
+        f"{env['shapes']['size']} px, {env['shapes']['frames']} frames per clip, "
+        f"{cfg['steps']} steps, {cfg['clips']} clips.",
+        "",
+        "| engine | backend | median ms | p90 ms |",
+        "|---|---|---|---|",
+    ]
+    for r in records:
+        if r["kind"] == "engine":
+            lines.append(
+                f"| {r['engine']} | {env['engines'][r['engine']]} | "
+                f"{r['median_ms']:.2f} | {r['p90_ms']:.2f} |"
+            )
+    lines += [
+        "",
+        "| run | frames | seconds | fps | first clip s | vs baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        if r["kind"] == "generation":
+            ratio = f"{r['speedup']:.2f}x" if "speedup" in r else ""
+            lines.append(
+                f"| generation: {r['side']} | {r['frames']} | {r['seconds']:.2f} | "
+                f"{r['fps']:.2f} | {r['first_clip_s']:.2f} | {ratio} |"
+            )
+        if r["kind"] == "end_to_end":
+            lines.append(
+                f"| end to end (MP4, RTF {r['real_time_factor']:.2f}) | {r['frames']} | "
+                f"{r['seconds']:.2f} | {r['fps']:.2f} | {r['first_clip_s']:.2f} | |"
+            )
+    stages = next(r for r in records if r["kind"] == "stages")["stages"]
+    lines += ["", "| stage | s per clip | share |", "|---|---|---|"]
+    for k, v in stages.items():
+        lines.append(f"| {k} | {v['seconds_per_clip']:.3f} | {v['share'] * 100:.1f}% |")
+    comp = next(r for r in records if r["kind"] == "compute")
+    mem = next(r for r in records if r["kind"] == "memory")
+    if comp["denoiser_tflops_achieved"]:
+        lines.append(
+            f"\ndenoiser_step: {comp['denoiser_tflops_achieved']:.1f} TFLOP/s achieved"
+            + (
+                f", {comp['share_of_gemm_peak'] * 100:.0f}% of the measured "
+                f"{comp['gpu_fp16_gemm_tflops_measured']:.0f} TFLOP/s fp16 GEMM"
+                if comp["share_of_gemm_peak"]
+                else ""
+            )
+        )
+    lines.append(
+        f"\nHost peak RSS {mem['host_peak_rss_mb']:.0f} MB"
+        + (
+            f"; GPU peak (torch allocator) {mem['gpu_peak_torch_allocated_mb']:.0f} MB"
+            if mem["gpu_peak_torch_allocated_mb"] is not None
+            else ""
+        )
+    )
+    return "\n".join(lines)
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    """A stacked bar of the stage breakdown (seconds per clip), drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    stages = next(r for r in records if r["kind"] == "stages")["stages"]
+    colors = {
+        "audio": "#4e79a7",
+        "reference": "#f28e2b",
+        "denoise": "#e15759",
+        "decode": "#76b7b2",
+        "encode": "#59a14f",
+        "sr": "#edc948",
+    }
+    width, height, left, bar_h = 800, 220, 20, 60
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    total = sum(v["seconds_per_clip"] for v in stages.values()) or 1.0
+    x = left
+    span = width - 2 * left
+    draw.text((left, 10), f"seconds per clip: {total:.3f} (stage shares)", fill="black")
+    for i, (name, v) in enumerate(stages.items()):
+        w = span * v["seconds_per_clip"] / total
+        draw.rectangle([x, 40, x + w, 40 + bar_h], fill=colors.get(name, "#999999"))
+        x += w
+        ly = 120 + 18 * (i % 5)
+        lx = left + 380 * (i // 5)
+        draw.rectangle([lx, ly, lx + 12, ly + 12], fill=colors.get(name, "#999999"))
+        draw.text(
+            (lx + 18, ly),
+            f"{name}: {v['seconds_per_clip']:.3f} s ({v['share'] * 100:.1f}%)",
+            fill="black",
+        )
+    img.save(path)
+
+
+def write_json_lines(records: list[dict[str, Any]], path: Path) -> None:
+    path.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
