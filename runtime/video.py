@@ -135,12 +135,18 @@ class VideoWriter:
 
 
 def to_uint8_frames(pixels) -> np.ndarray:
-    """Decoder output (N, 3, H, W) in [-1, 1] (torch or numpy) -> (N, H, W, 3) uint8."""
-    import torch
+    """Decoder output (N, 3, H, W) in [-1, 1] (host torch tensor or numpy) -> (N, H, W, 3) uint8.
 
-    x = torch.as_tensor(pixels).float()
-    x = ((x / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)  # official (x/2+0.5).clamp
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    numpy, not torch: it runs on the writer thread, where torch ops would compete with the
+    generating thread for torch's OpenMP pool (measured: end to end 17.7 s instead of 11.1 s
+    on the 2-core development machine). Elementwise float32 ops and round-half-even give the
+    same bytes as the torch expression of the official ``(x / 2 + 0.5).clamp(0, 1)``."""
+    x = pixels.detach().cpu().numpy() if hasattr(pixels, "detach") else np.asarray(pixels)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"pixels must be (N, 3, H, W), got {x.shape}")
+    x = x.astype(np.float32, copy=False)
+    x = np.round(np.clip(x / np.float32(2) + np.float32(0.5), 0, 1) * np.float32(255))
+    return np.ascontiguousarray(x.astype(np.uint8).transpose(0, 2, 3, 1))
 
 
 class _ArraySource:

@@ -77,6 +77,10 @@ def test_decoder_pixels_map_to_uint8_like_the_official_pipeline():
     out = to_uint8_frames(px)
     assert out.shape == (1, 1, 5, 3)
     assert out[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]
+    for dtype in (torch.float32, torch.float16):  # the same bytes as the torch expression
+        px = (torch.randn(2, 3, 17, 9, generator=torch.Generator().manual_seed(0)) * 1.2).to(dtype)
+        want = ((px.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        np.testing.assert_array_equal(to_uint8_frames(px), want.permute(0, 2, 3, 1).numpy())
 
 
 def test_clip_writer_encodes_in_order_and_hands_back_worker_errors(tmp_path):
@@ -94,7 +98,7 @@ def test_clip_writer_encodes_in_order_and_hands_back_worker_errors(tmp_path):
 
     sink = ClipWriter(VideoWriter(tmp_path / "bad.mp4", 16, 16))
     sink.put(torch.zeros(3, 8, 8))  # not (N, 3, H, W): the conversion fails in the worker
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         for _ in range(3):
             sink.put(clips[0])
         sink.close()
