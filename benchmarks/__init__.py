@@ -1,1 +1,2 @@
-"""Benchmarks: frames per second and per-stage latency. Not built yet."""
+"""Benchmarks: ``bench`` (hallo2rt bench), ``baseline`` (the official-style clip loop) and
+``memory`` (peak RSS against audio length). See benchmarks/README.md."""

@@ -1,7 +1,7 @@
 """The ``hallo2rt`` console script: a thin parser over library functions (STYLE.md §12).
 
-Each subcommand imports only what it needs. Subcommands whose issue has not landed say so and
-exit with status 2 rather than pretending to work.
+Each subcommand imports only what it needs. Errors with a clear cause (bad input, a stale or
+missing engine, a missing package) print one line and exit 1; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -21,22 +21,12 @@ SUBCOMMANDS = {
     "demo": "run the whole pipeline on tiny random weights and bundled media (no downloads)",
     "doctor": "report what this machine can run (GPU, CUDA, TensorRT, ONNX Runtime)",
 }
-NOT_BUILT_EXIT = 2
 ERROR_EXIT = 1
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_FACE_BOX = "180,78,262,182"  # hallo2rt/assets/portrait.jpg, read off by hand
 DEMO_LIP_BOX = "203,136,250,156"
 
 log = logging.getLogger("hallo2rt")
-
-
-def _not_built(name: str) -> int:
-    print(
-        f"hallo2rt {name}: not built yet. This subcommand belongs to a later milestone; "
-        "today hallo2rt provides `export`, `build`, `doctor`, `generate` and `demo`.",
-        file=sys.stderr,
-    )
-    return NOT_BUILT_EXIT
 
 
 def _add_checkpoints(p: argparse.ArgumentParser) -> None:
@@ -602,8 +592,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if args.command not in COMMANDS:
-        return _not_built(args.command)
     from hallo2rt.export import CheckpointError, ConfigError
     from hallo2rt.runtime.media import MediaError
 
