@@ -32,22 +32,11 @@ from .manifest import (
     sha256_files,
 )
 from .parity import compare_fp16, compare_fp32
-from .spec import EngineSpec, random_feed, spec_from_json
+from .spec import ENGINE_NAMES, EngineSpec, random_feed, spec_from_json
 
 log = logging.getLogger(__name__)
 
-ENGINE_ORDER = (  # DESIGN.md's table; builds run in this order
-    "audio_encoder",
-    "audio_proj",
-    "image_proj",
-    "face_locator",
-    "vae_encoder",
-    "reference_unet",
-    "denoiser_step",
-    "vae_decoder",
-    "face_restorer",
-    "bg_upsampler",
-)
+ENGINE_ORDER = ENGINE_NAMES  # builds run in DESIGN.md's order
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,12 @@ import torch
 
 from .engine import Engine, open_engine
 from .manifest import EngineError
-from .spec import DTYPES, EngineSpec
+from .spec import DTYPES, ENGINE_NAMES, EngineSpec
 
 log = logging.getLogger(__name__)
 
-GENERATION = (
-    "audio_encoder",
-    "audio_proj",
-    "image_proj",
-    "face_locator",
-    "vae_encoder",
-    "reference_unet",
-    "denoiser_step",
-    "vae_decoder",
-)
+# the engines a generation runs (the two super-resolution engines are separate)
+GENERATION = tuple(n for n in ENGINE_NAMES if n not in ("face_restorer", "bg_upsampler"))
 
 
 class Session:

@@ -16,6 +16,20 @@ import torch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 
+# DESIGN.md's engine table, in its order (export, build and the doctor list engines this way).
+ENGINE_NAMES = (
+    "audio_encoder",
+    "audio_proj",
+    "image_proj",
+    "face_locator",
+    "vae_encoder",
+    "reference_unet",
+    "denoiser_step",
+    "vae_decoder",
+    "face_restorer",
+    "bg_upsampler",
+)
+
 
 @dataclass(frozen=True)
 class TensorSpec:

@@ -14,22 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engines.spec import EngineSpec, TensorSpec
+from ..engines.spec import ENGINE_NAMES, EngineSpec, TensorSpec
 from .checkpoints import Pretrained
 from .modules.layers import round_to_fp16
 
-ENGINES = (
-    "audio_encoder",
-    "audio_proj",
-    "image_proj",
-    "face_locator",
-    "vae_encoder",
-    "reference_unet",
-    "denoiser_step",
-    "vae_decoder",
-    "face_restorer",
-    "bg_upsampler",
-)
+ENGINES = ENGINE_NAMES
 SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 
 
