@@ -362,6 +362,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if face_box is None:
             face_box, lip_box = box, lip_box or lips
     session = _session(args)
+    if not args.quiet:  # say which step loop ran (CUDA graph or per-step launches) and why
+        logging.getLogger("hallo2rt.runtime.pipeline").setLevel(logging.INFO)
     with session:
         out = generate_video(
             session,
