@@ -104,8 +104,15 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
         help="random weights (never zeros) in the official layout: tiny, or the released shapes "
         "(writes ~10 GB to a temporary folder)",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (PyTorch paths)")
-    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="PyTorch paths")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "tensorrt"),
+        default="torch",
+        help="with --checkpoints/--random: run the PyTorch modules, or export and build "
+        "engines of this backend first (into a temporary folder)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (not with --engines)")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="not with --engines")
     p.add_argument("--steps", type=int, default=40, help="DDIM steps per clip")
     p.add_argument("--frames", type=int, default=16, help="frames per clip (PyTorch paths)")
     p.add_argument("--size", type=int, default=512, help="image side (PyTorch paths)")
@@ -512,6 +519,29 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_engines(args: argparse.Namespace, root: Path, shapes, tmp: Path):
+    """Export the generation engines of ``root`` and build them for ``args.backend``."""
+    from hallo2rt.engines.build import BuildConfig, build_engines
+    from hallo2rt.engines.session import GENERATION, Session
+    from hallo2rt.export.onnx import export_engines
+
+    fp16 = args.dtype == "fp16"
+    print(f"exporting and building {args.backend} engines ...", file=sys.stderr, flush=True)
+    export_engines(root, tmp / "onnx", GENERATION, shapes, "fp16" if fp16 else "fp32")
+    config = BuildConfig(args.backend, args.device, fp16=fp16)
+    build_engines(tmp / "onnx", tmp / "engines", config, only=GENERATION)
+    return Session.open(tmp / "engines")
+
+
+def _place(modules: dict, device: str, fp16: bool) -> None:
+    """Modules on the device in the run's precision (the audio encoder stays fp32, as official)."""
+    import torch
+
+    for name, module in modules.items():
+        fp32 = not fp16 or name == "audio_encoder"
+        module.to(device, torch.float32 if fp32 else torch.float16)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -554,8 +584,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 make_random_pretrained(root, args.random, seed=0)
             pre = load_pretrained(root, GENERATION)
             shapes = GraphShapes(size=args.size, frames=args.frames)
-            session = session_from_pretrained(pre, shapes, args.device, args.dtype == "fp16")
+            fp16 = args.dtype == "fp16"
+            session = session_from_pretrained(pre, shapes, args.device, fp16)
             modules = pre.modules
+            if args.backend != "torch":  # export and build the engines first, then time them
+                session = _bench_engines(args, root, shapes, Path(tmp))
+                _place(modules, args.device, fp16)  # the baseline's modules
         records = run_benchmark(
             session, cfg, modules, log=lambda s: print(s, file=sys.stderr, flush=True)
         )

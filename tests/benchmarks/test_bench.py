@@ -112,3 +112,35 @@ def test_bench_on_built_engines_and_baseline_needs_modules(tiny_onnx, tmp_path, 
     assert env["engines"]["denoiser_step"] == "onnxruntime fp32 cpu"
     assert main([*argv, "--baseline", "official"]) == 1
     assert "--baseline official runs the PyTorch modules" in capsys.readouterr().err
+
+
+def test_bench_exports_and_builds_engines_for_a_backend(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "b.jsonl"
+    argv = [
+        "bench",
+        "--random",
+        "tiny",
+        "--backend",
+        "onnxruntime",
+        "--size",
+        "64",
+        "--steps",
+        "1",
+        "--clips",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--baseline",
+        "official",
+        "--json",
+        str(out),
+    ]
+    assert main(argv) == 0
+    records = _records(out)
+    env = next(r for r in records if r["kind"] == "environment")
+    assert set(env["engines"].values()) == {"onnxruntime fp32 cpu"}
+    sides = {r["side"] for r in records if r["kind"] == "generation"}
+    assert sides == {"hallo2rt", "official-style baseline"}
