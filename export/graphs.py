@@ -95,14 +95,45 @@ class AudioEncoderGraph(nn.Module):
 
 
 class ImageProjGraph(nn.Module):
-    """Embedding (1, E) -> tokens (2, T, C) = [image_proj(0), image_proj(embedding)]."""
+    """Embedding (1, E) -> tokens (2, T, C) = [image_proj(0), image_proj(embedding)] and, per
+    hooked denoiser block, the keys and values of its image cross-attention over them (2, T, C_i):
+    constant over the video, so ``denoiser_step`` does not project them (HALLO2.md §6.5)."""
 
-    def __init__(self, proj: nn.Module):
+    def __init__(self, proj: nn.Module, denoiser: nn.Module):
         super().__init__()
         self.proj = proj
+        self.attn2 = nn.ModuleList(
+            [denoiser.get_submodule(b).transformer_blocks[0].attn2 for b in denoiser.hooked_blocks]
+        )
 
-    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.proj(torch.cat([torch.zeros_like(embedding), embedding])),)
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        tokens = self.proj(torch.cat([torch.zeros_like(embedding), embedding]))
+        outs = [tokens]
+        for attn in self.attn2:
+            outs += list(attn.project_kv(tokens))
+        return tuple(outs)
+
+
+class AudioProjGraph(nn.Module):
+    """Windows (1, F, 5, layers, C) -> per hooked block, the keys and values of its three audio
+    cross-attentions over the rows [zeros (uncond) x F, audio_proj(windows) x F], each
+    (2F, Ta, D_i): constant over the clip's steps (HALLO2.md §6.6)."""
+
+    def __init__(self, proj: nn.Module, denoiser: nn.Module):
+        super().__init__()
+        self.proj = proj
+        self.attns = nn.ModuleList(
+            [nn.ModuleList(denoiser.audio_attentions(b)) for b in denoiser.hooked_blocks]
+        )
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        audio = self.proj(windows)  # (1, F, Ta, A)
+        rows = torch.cat([torch.zeros_like(audio), audio]).reshape(-1, *audio.shape[2:])
+        outs: list[torch.Tensor] = []
+        for branches in self.attns:
+            for attn in branches:
+                outs += list(attn.project_kv(rows))  # (2F, Ta, D) each
+        return tuple(outs)
 
 
 class ReferenceGraph(nn.Module):
@@ -130,27 +161,34 @@ class ReferenceGraph(nn.Module):
 
 
 class DenoiserStepGraph(nn.Module):
-    """One sampler step: both CFG halves, CFG combine, DDIM update (x_prev = a x + b v)."""
+    """One sampler step: both CFG halves, CFG combine, DDIM update (x_prev = a x + b v).
+
+    Inputs after cfg_scale, per hooked block i: image K/V, audio K/V of the 3 branches, then the
+    face feature, reference K/V, motion features, masks per level and motion_scale (the spec's
+    order)."""
 
     def __init__(self, denoiser: nn.Module, levels: int, blocks: int):
         super().__init__()
         self.denoiser, self.levels, self.blocks = denoiser, levels, blocks
 
-    def forward(
-        self, latents, timestep, coef, cfg_scale, image_tokens, audio_tokens, face, *rest
-    ) -> tuple[torch.Tensor]:
+    def forward(self, latents, timestep, coef, cfg_scale, *rest) -> tuple[torch.Tensor]:
         n, lv = self.blocks, self.levels
+        image_kv = [(rest[2 * i], rest[2 * i + 1]) for i in range(n)]
+        audio = rest[2 * n : 8 * n]
+        audio_kv = [
+            [(audio[6 * i + 2 * b], audio[6 * i + 2 * b + 1]) for b in range(3)] for i in range(n)
+        ]
+        face, rest = rest[8 * n], rest[8 * n + 1 :]
         ref_kv = [(rest[2 * i], rest[2 * i + 1]) for i in range(n)]
         motion = rest[2 * n : 3 * n]
         masks = rest[3 * n : 3 * n + 3 * lv]
         scale = rest[3 * n + 3 * lv]
-        audio = torch.cat([torch.zeros_like(audio_tokens), audio_tokens])  # uncond: zeros
         face2 = torch.cat([torch.zeros_like(face), face])[:, :, None]  # (2, C0, 1, h, w)
         v = self.denoiser(
             torch.cat([latents, latents]),
             timestep,
-            image_tokens,
-            audio,
+            None,
+            None,
             face2,
             ref_kv,
             motion,
@@ -158,6 +196,7 @@ class DenoiserStepGraph(nn.Module):
             masks[lv : 2 * lv],
             masks[2 * lv :],
             scale,
+            token_kv=(image_kv, audio_kv),
         )
         v = v[:1] + cfg_scale * (v[1:] - v[:1])
         return (coef[0] * latents + coef[1] * v,)
@@ -192,32 +231,56 @@ def _audio_encoder(pre: Pretrained, s: GraphShapes) -> Graph:
     )
 
 
+def _token_kv_specs(den: nn.Module, frames: int, cfg) -> tuple[list, list]:
+    """Specs of the cached cross-attention K/V: image (2, T, C_i) and audio (2F, Ta, D_ib)."""
+    h = cfg.heads
+    image, audio = [], []
+    for i, b in enumerate(den.hooked_blocks):
+        width = den.get_submodule(b).transformer_blocks[0].attn2.to_k.out_features
+        image += [
+            _t(f"image_k_{i}", 2, h.image_tokens, width),
+            _t(f"image_v_{i}", 2, h.image_tokens, width),
+        ]
+        for j, attn in enumerate(den.audio_attentions(b)):
+            d = attn.to_k.out_features
+            audio += [
+                _t(f"audio_k_{i}_{j}", 2 * frames, h.audio_tokens, d),
+                _t(f"audio_v_{i}_{j}", 2 * frames, h.audio_tokens, d),
+            ]
+    return image, audio
+
+
 def _audio_proj(pre: Pretrained, s: GraphShapes) -> Graph:
     h = pre.config.heads
+    _, audio = _token_kv_specs(pre["denoiser"], s.frames, pre.config)
     spec = EngineSpec(
         "audio_proj",
         (_t("windows", 1, s.frames, h.audio_window, h.audio_blocks, h.audio_channels),),
-        (_t("audio_tokens", 1, s.frames, h.audio_tokens, h.token_dim),),
-        notes="per clip; the first GEMM (K = window x layers x width) accumulates in fp32.",
+        tuple(audio),
+        notes="per clip: audio tokens, then the keys/values of every audio cross-attention "
+        "(branch j = full, face, lip) over [uncond zeros x F, cond x F]; the first GEMM "
+        "(K = window x layers x width) accumulates in fp32.",
     )
     return Graph(
         spec,
-        _Call(pre["audio_proj"]),
+        AudioProjGraph(pre["audio_proj"], pre["denoiser"]),
         lambda z, g: (_randn(g, 1, s.frames, h.audio_window, h.audio_blocks, h.audio_channels),),
     )
 
 
 def _image_proj(pre: Pretrained, s: GraphShapes) -> Graph:
     h = pre.config.heads
+    image, _ = _token_kv_specs(pre["denoiser"], s.frames, pre.config)
     spec = EngineSpec(
         "image_proj",
         (_t("embedding", 1, h.image_embed_dim),),
-        (_t("image_tokens", 2, h.image_tokens, h.token_dim),),
-        notes="per video; row 0 is image_proj(0), the official uncond tokens.",
+        (_t("image_tokens", 2, h.image_tokens, h.token_dim), *image),
+        notes="per video; row 0 is image_proj(0), the official uncond tokens; then the image "
+        "cross-attention keys/values of every hooked denoiser block.",
     )
     return Graph(
         spec,
-        ImageProjGraph(pre["image_proj"]),
+        ImageProjGraph(pre["image_proj"], pre["denoiser"]),
         lambda z, g: (_randn(g, 1, h.image_embed_dim) * 10,),
     )
 
@@ -302,13 +365,14 @@ def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
     lat, f, m, h = s.size // 8, s.frames, s.motion_frames, cfg.heads
     hooked = den.hooked_shapes((lat, lat))
     levels = len(cfg.unet.block_out_channels)
+    image_kv, audio_kv = _token_kv_specs(den, f, cfg)
     ins = [
         _t("latents", 1, 4, f, lat, lat),
         _t("timestep", 1, dtype="int64"),
         _t("coef", 2),
         _t("cfg_scale", 1, values=(1.0, 5.0)),
-        _t("image_tokens", 2, h.image_tokens, h.token_dim),
-        _t("audio_tokens", 1, f, h.audio_tokens, cfg.motion.audio_attention_dim),
+        *image_kv,
+        *audio_kv,
         _t("face_feature", 1, h.face_locator_out, lat, lat),
     ]
     for i, (length, ch) in enumerate(hooked):
@@ -334,9 +398,8 @@ def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
             torch.tensor([0.9, -0.1]),
             torch.tensor([3.5]),
         ]
-        vals += [_randn(g, *t.dims) for t in ins[4:7]]
-        vals += [_randn(g, *t.dims) for t in ins[7 : 7 + 3 * len(hooked)]]
-        vals += [_rand(g, *t.dims) for t in ins[7 + 3 * len(hooked) : -1]]
+        # K/V, features ~ N(0, 1); masks (the inputs with a value range) in [0, 1)
+        vals += [(_randn if t.values is None else _rand)(g, *t.dims) for t in ins[4:-1]]
         return tuple(vals) + (torch.tensor([1.0, 0.9, 1.1]),)
 
     return Graph(spec, DenoiserStepGraph(den, levels, len(hooked)), make)
@@ -387,8 +450,8 @@ _BUILDERS = {
 # Components each engine needs from the checkpoint tree.
 ENGINE_COMPONENTS = {
     "audio_encoder": ("audio_encoder",),
-    "audio_proj": ("audio_proj",),
-    "image_proj": ("image_proj",),
+    "audio_proj": ("audio_proj", "denoiser"),  # + the audio cross-attentions' K/V weights
+    "image_proj": ("image_proj", "denoiser"),  # + the image cross-attentions' K/V weights
     "face_locator": ("face_locator",),
     "vae_encoder": ("vae_encoder",),
     "vae_decoder": ("vae_decoder",),

@@ -156,14 +156,16 @@ def generate(
         features = TensorFeatures(features)
     _check_shapes(session, portrait, cfg)
     run, dev, f, m = session.run, session.device, cfg.frames, cfg.motion_frames
-    tokens = run("image_proj", embedding=portrait.embedding)["image_tokens"].clone()  # (2, T, C)
+    image = run("image_proj", embedding=portrait.embedding)  # per video
+    image = {k: v.clone() for k, v in image.items()}
+    tokens = image.pop("image_tokens")  # (2, T, C) [uncond, cond]; the rest: their K/V
     face = run("face_locator", face_region=portrait.face_region)["face_feature"].clone()
     ref_pixels = portrait.pixels.to(dev)
     ref_latent = run("vae_encoder", pixels=ref_pixels)["latents"]  # (1, 4, h, w), per video
     ref_rows, motion_rows = reference_token_rows(m)
     ref = run("reference_unet", latents=ref_latent.expand(2, -1, -1, -1), tokens=tokens[ref_rows])
     const = {  # denoiser_step inputs constant over the video
-        "image_tokens": tokens,
+        **image,  # image cross-attention K/V per block
         "face_feature": face,
         "motion_scale": torch.tensor([cfg.pose_weight, cfg.face_weight, cfg.lip_weight]),
     }
@@ -201,7 +203,8 @@ def generate(
             feat = rows[f"feature_{i}"]
             clip[f"motion_{i}"] = feat.reshape(2, m, *feat.shape[1:]).clone()
         window = features.windows(t * f, f)[None]  # (1, F, 5, layers, C)
-        clip["audio_tokens"] = run("audio_proj", windows=window)["audio_tokens"].clone()
+        audio_kv = run("audio_proj", windows=window)  # audio cross-attention K/V per block
+        clip.update({k: v.clone() for k, v in audio_kv.items()})
         x = loop(clip, noise.to(dev), (lambda _i: on_step()) if on_step else None)
         pixels = run("vae_decoder", latents=x[0].transpose(0, 1))["pixels"]  # (F, 3, S, S)
         unit = (pixels.float() / 2 + 0.5).clamp(0, 1)  # official: frames in [0, 1] on the CPU

@@ -84,8 +84,16 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(n, lq, d)  # (N, Lq, D)
         return self.to_out[0](out)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        k, v = self.project_kv(x if context is None else context)
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """context: tokens to project, or their keys and values already projected (cached)."""
+        if isinstance(context, tuple):
+            k, v = context
+        else:
+            k, v = self.project_kv(x if context is None else context)
         return self.attend(self.to_q(x), k, v)
 
 

@@ -99,11 +99,12 @@ class AudioBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        audio: torch.Tensor,
+        audio: torch.Tensor | Sequence[tuple[torch.Tensor, torch.Tensor]],
         masks: Sequence[torch.Tensor],
         scale: torch.Tensor,
     ) -> torch.Tensor:
-        """x (N, L, D); audio (N, T, A); masks 3 x (N, L) [full, face, lip]; scale (3,)."""
+        """x (N, L, D); audio (N, T, A) tokens, or per branch their keys/values (N, T, D);
+        masks 3 x (N, L) [full, face, lip]; scale (3,)."""
         x = self.attn1(self.norm1(x)) + x
         n2 = self.norm2(x)
         branches = (
@@ -112,7 +113,8 @@ class AudioBlock(nn.Module):
             (self.attn2_2, self.zero_conv_lip),
         )
         for i, (attn, conv) in enumerate(branches):
-            y = attn(n2, audio) * masks[i][:, :, None]
+            context = audio[i] if isinstance(audio, (list, tuple)) else audio  # cached K/V
+            y = attn(n2, context) * masks[i][:, :, None]
             x = x + scale[i] * F.linear(y, conv.weight[:, :, 0, 0], conv.bias)
         return self.ff(self.norm3(x)) + x
 
@@ -251,7 +253,7 @@ class _Ctx:
     """Per-call inputs of one traversal (built per call; nothing survives between calls)."""
 
     temb: torch.Tensor  # (1, T) time embedding after the MLP, shared by every row
-    tokens: torch.Tensor  # (rows, T, Ctx) image tokens per row
+    tokens: torch.Tensor | None  # (rows, T, Ctx) image tokens per row (None: cached K/V)
     hooked: int = 0  # hooked transformer blocks visited so far in this call
     stop: bool = False  # the ReferenceNet sets it once its last bank entry is computed
     bank: list[torch.Tensor] = field(default_factory=list)  # ReferenceNet: norm1 outputs
@@ -261,6 +263,8 @@ class _Ctx:
     motion_scale: torch.Tensor | None = None  # denoiser: (3,)
     ref_kv: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()  # denoiser: reference K, V per block
     motion_features: Sequence[torch.Tensor] = ()  # denoiser: per hooked block (2, M, L, C)
+    image_kv: Sequence | None = None  # denoiser: cached image-token K/V per block, per row
+    audio_kv: Sequence | None = None  # denoiser: cached audio K/V per block: 3 x (K, V)
 
 
 class _UNet(nn.Module):
@@ -456,7 +460,8 @@ class Denoiser(_UNet):
             return x  # train branch: DownBlock3D / UpBlock3D skip their motion modules
         x = self._spatial(blk.attentions[j], x, ctx)
         masks = [m[level] for m in ctx.masks]
-        x = blk.audio_modules[j](x, ctx.audio, masks, ctx.motion_scale)
+        audio = ctx.audio if ctx.audio_kv is None else ctx.audio_kv[ctx.hooked - 1]
+        x = blk.audio_modules[j](x, audio, masks, ctx.motion_scale)
         motion = ctx.motion_features[ctx.hooked - 1]
         return blk.motion_modules[j](x, motion, 2)
 
@@ -490,8 +495,38 @@ class Denoiser(_UNet):
         k = torch.cat([k_self, k_ref.index_select(0, rows).to(k_self.dtype)], dim=1)  # (F, 2L, C)
         v = torch.cat([v_self, v_ref.index_select(0, rows).to(v_self.dtype)], dim=1)
         a_c = tb.attn1.attend(tb.attn1.to_q(n1[f:]), k, v)
-        t = tb.tail(torch.cat([a_u, a_c]) + t, ctx.tokens)
+        tokens = ctx.tokens if ctx.image_kv is None else ctx.image_kv[ctx.hooked - 1]
+        t = tb.tail(torch.cat([a_u, a_c]) + t, tokens)
         return st.tokens_out(t, x)
+
+    def audio_attentions(self, block: str) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """The three audio cross-attentions paired with hooked block ``block``."""
+        audio = self.get_submodule(block.replace("attentions", "audio_modules"))
+        tb = audio.transformer_blocks[0]
+        return tb.attn2_0, tb.attn2_1, tb.attn2_2
+
+    def token_kv(
+        self, image_tokens: torch.Tensor | None, audio_tokens: torch.Tensor | None
+    ) -> tuple[list | None, list | None]:
+        """Keys/values of the cross-attention tokens, projected once (HALLO2.md §6.5-6.6): they
+        are constant over a video (image tokens) or a clip (audio tokens), not per step.
+
+        image_tokens (2, T, Ctx) -> per hooked block (K, V), each (2, T, C); audio_tokens
+        (2, F, Ta, A) -> per hooked block 3 x (K, V), each (2F, Ta, D). Either may be None.
+        """
+        image = audio = None
+        if image_tokens is not None:
+            image = [
+                self.get_submodule(b).transformer_blocks[0].attn2.project_kv(image_tokens)
+                for b in self.hooked_blocks
+            ]
+        if audio_tokens is not None:
+            rows = audio_tokens.reshape(-1, *audio_tokens.shape[2:])  # (2F, Ta, A)
+            audio = [
+                [attn.project_kv(rows) for attn in self.audio_attentions(b)]
+                for b in self.hooked_blocks
+            ]
+        return image, audio
 
     def forward(
         self,
@@ -506,6 +541,7 @@ class Denoiser(_UNet):
         face_masks: Sequence[torch.Tensor],
         lip_masks: Sequence[torch.Tensor],
         motion_scale: torch.Tensor,
+        token_kv: tuple[list | None, list | None] = (None, None),
     ) -> torch.Tensor:
         """One official denoiser call on both CFG halves.
 
@@ -515,7 +551,9 @@ class Denoiser(_UNet):
         the reference keys/values ``reference_kv(ref_features)``, each (2, L, C);
         motion_features: per entry (2, M, L, C) (``split_reference_bank``); masks:
         per resolution level, (F or 1, L_level) shared by both halves; motion_scale (3,)
-        [pose, face, lip]. Returns the v-prediction (2, 4, F, h, w).
+        [pose, face, lip]. token_kv: ``token_kv(image_tokens, audio_tokens)`` computed once
+        per video / clip; where given, those tokens are not projected again (and may be None).
+        Returns the v-prediction (2, 4, F, h, w).
         """
         b, c, f, h, w = sample.shape
         if b != 2:
@@ -531,11 +569,16 @@ class Denoiser(_UNet):
                 for i in range(n_levels)
             ]  # (2F, L_level)
 
+        image_kv, audio_kv = token_kv
+        if image_kv is not None:  # per CFG half -> per row, as the tokens would be
+            image_kv = [(k.repeat_interleave(f, 0), v.repeat_interleave(f, 0)) for k, v in image_kv]
         ctx = _Ctx(
             temb=self.time_embed(timestep),
-            tokens=image_tokens.repeat_interleave(f, dim=0),  # (2F, T, Ctx)
+            tokens=None if image_kv else image_tokens.repeat_interleave(f, dim=0),  # (2F, T, Ctx)
             frames=f,
-            audio=audio_tokens.reshape(rows, *audio_tokens.shape[2:]),  # (2F, Ta, A)
+            audio=None if audio_kv else audio_tokens.reshape(rows, *audio_tokens.shape[2:]),
+            image_kv=image_kv,
+            audio_kv=audio_kv,
             masks=(per_row(full_masks), per_row(face_masks), per_row(lip_masks)),
             motion_scale=motion_scale.to(x.dtype),
             ref_kv=ref_kv,

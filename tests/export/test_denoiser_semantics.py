@@ -296,3 +296,20 @@ def test_denoiser_requires_both_cfg_halves(tiny, base):
     kw, _ = base
     with pytest.raises(ValueError, match="two CFG halves"):
         run(tiny["denoiser"], dict(kw, sample=kw["sample"][:1]))
+
+
+def test_cached_token_kv_gives_the_same_v(tiny, base):
+    """Image and audio token K/V projected once (per video / per clip) equal projecting them in
+    every call; a wrong pairing of blocks and cached K/V would not."""
+    kw, want = base
+    den = tiny["denoiser"]
+    image_kv, audio_kv = den.token_kv(kw["image_tokens"], kw["audio_tokens"])
+    assert len(image_kv) == len(audio_kv) == len(den.hooked_blocks)
+    cached = dict(kw, image_tokens=None, audio_tokens=None, token_kv=(image_kv, audio_kv))
+    torch.testing.assert_close(run(den, cached), want, rtol=1e-5, atol=1e-6)
+    swapped = dict(cached, token_kv=(image_kv, audio_kv[::-1]))
+    with pytest.raises(RuntimeError):  # other blocks' widths: the shapes no longer fit
+        run(den, swapped)
+    shuffled = [kv[::-1] for kv in audio_kv]  # the face and lip branches swapped
+    got = run(den, dict(cached, token_kv=(image_kv, shuffled)))
+    assert (got - want).abs().max() > 1e-3
