@@ -44,6 +44,25 @@ class Session:
         self.motion_frames = int(next(t for t in den.inputs if t.name == "motion_0").dims[1])
         self.levels = sum(1 for t in den.inputs if t.name.startswith("full_mask_"))
         self.embedding_dim = int(self.spec("image_proj").inputs[0].dims[1])
+        self._check_contract()
+
+    def _check_contract(self) -> None:
+        """The denoiser's inputs are exactly what the other engines and the runtime provide
+        (engines exported by another version of hallo2rt fail here, not mid-run)."""
+        provided = {"latents", "timestep", "coef", "cfg_scale", "face_feature", "motion_scale"}
+        provided |= {t.name for t in self.spec("image_proj").outputs} - {"image_tokens"}
+        provided |= {t.name for t in self.spec("audio_proj").outputs}
+        provided |= {t.name for t in self.spec("reference_unet").outputs if "ref_" in t.name}
+        provided |= {f"motion_{i}" for i in range(self.hooked)}
+        provided |= {f"{k}_mask_{lv}" for k in ("full", "face", "lip") for lv in range(self.levels)}
+        wanted = {t.name for t in self.spec("denoiser_step").inputs}
+        if wanted != provided:
+            missing, extra = sorted(wanted - provided), sorted(provided - wanted)
+            raise EngineError(
+                "these engines do not fit together or this version of hallo2rt (denoiser_step "
+                f"inputs nobody provides: {missing[:6]}; provided but not taken: {extra[:6]}); "
+                "export and build them again with this version"
+            )
 
     @classmethod
     def open(

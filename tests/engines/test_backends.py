@@ -349,3 +349,18 @@ def test_tensorrt_builds_and_runs_every_engine(tiny_onnx, tmp_path):
         with open_engine(tmp_path / "trt" / name) as engine:
             out = engine.infer(random_feed(engine.spec, engine.spec.sizes(), device="cuda"))
             assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_a_session_refuses_engines_that_do_not_fit_together(ort_engines):
+    from hallo2rt.engines.session import GENERATION, Session
+    from hallo2rt.engines.spec import TensorSpec
+
+    engines = {n: open_engine(ort_engines[0] / n) for n in GENERATION}
+    session = Session(engines, "cpu")
+    assert (session.frames, session.size, session.hooked) == (4, 128, 16)
+    den = engines["denoiser_step"]
+    den.spec = replace(
+        den.spec, inputs=(*den.spec.inputs, TensorSpec("audio_tokens", "float32", (1,)))
+    )
+    with pytest.raises(EngineError, match=r"inputs nobody provides: \['audio_tokens'\]"):
+        Session(engines, "cpu")
