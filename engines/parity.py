@@ -22,6 +22,23 @@ class ParityError(RuntimeError):
     """An engine disagrees with its reference beyond the threshold; the message names outputs."""
 
 
+def _compare(spec: EngineSpec, got, want, what: str, measure, gate: str) -> dict:
+    """Per output: shapes must agree, then ``measure(name, g, w) -> (numbers, problem or "")``
+    on float64 copies; ``ParityError`` listing every failing output."""
+    numbers, bad = {}, []
+    for t, g, w in zip(spec.outputs, got, want, strict=True):
+        g, w = g.detach().double().cpu(), w.detach().double().cpu()
+        if g.shape != w.shape:
+            bad.append(f"{t.name} (shape {tuple(g.shape)} vs {tuple(w.shape)})")
+            continue
+        numbers[t.name], problem = measure(t.name, g, w)
+        if problem:
+            bad.append(f"{t.name} ({problem})")
+    if bad:
+        raise ParityError(f"{spec.name}: {what}{gate}: " + "; ".join(bad))
+    return numbers
+
+
 def compare_fp32(
     spec: EngineSpec,
     got: Sequence[torch.Tensor],
@@ -30,25 +47,16 @@ def compare_fp32(
     rel_tol: float = FP32_REL_TOL,
 ) -> dict[str, dict[str, float]]:
     """Per-output max |diff|, max |ref| and their ratio; ``ParityError`` beyond the tolerance."""
-    numbers, bad = {}, []
-    for t, g, w in zip(spec.outputs, got, want, strict=True):
-        g, w = g.detach().float().cpu(), w.detach().float().cpu()
-        if g.shape != w.shape:
-            bad.append(f"{t.name} (shape {tuple(g.shape)} vs {tuple(w.shape)})")
-            continue
+
+    def measure(name: str, g: torch.Tensor, w: torch.Tensor):
         err, ref = float((g - w).abs().max()), float(w.abs().max())
-        tol = spec.tolerance(t.name, rel_tol)
-        numbers[t.name] = {
-            "max_abs_diff": err,
-            "max_abs_ref": ref,
-            "rel": err / max(ref, 1e-12),
-            "rel_tol": tol,
-        }
-        if not err <= tol * max(ref, 1e-12):  # also catches NaN
-            bad.append(f"{t.name} (max |diff| {err:.3g} vs max |ref| {ref:.3g}, tol {tol:g})")
-    if bad:
-        raise ParityError(f"{spec.name}: {what} beyond the tolerance x max|ref|: " + "; ".join(bad))
-    return numbers
+        tol = spec.tolerance(name, rel_tol)
+        numbers = {"max_abs_diff": err, "max_abs_ref": ref, "rel": err / max(ref, 1e-12)}
+        ok = err <= tol * max(ref, 1e-12)  # False for NaN too
+        problem = "" if ok else f"max |diff| {err:.3g} vs max |ref| {ref:.3g}, tol {tol:g}"
+        return {**numbers, "rel_tol": tol}, problem
+
+    return _compare(spec, got, want, what, measure, " beyond the tolerance x max|ref|")
 
 
 def compare_fp16(
@@ -60,18 +68,12 @@ def compare_fp16(
 ) -> dict[str, dict[str, float]]:
     """Per-output cosine (and max relative error, for information); ``ParityError`` below
     ``min_cosine``."""
-    numbers, bad = {}, []
-    for t, g, w in zip(spec.outputs, got, want, strict=True):
-        g, w = g.detach().double().cpu(), w.detach().double().cpu()
-        if g.shape != w.shape:
-            bad.append(f"{t.name} (shape {tuple(g.shape)} vs {tuple(w.shape)})")
-            continue
+
+    def measure(name: str, g: torch.Tensor, w: torch.Tensor):
         g, w = g.flatten(), w.flatten()
         cos = float(F.cosine_similarity(g, w, dim=0))
         rel = float((g - w).abs().max() / w.abs().max().clamp(min=1e-12))
-        numbers[t.name] = {"cosine": cos, "rel": rel, "min_cosine": min_cosine}
-        if not cos >= min_cosine:
-            bad.append(f"{t.name} (cosine {cos:.5f})")
-    if bad:
-        raise ParityError(f"{spec.name}: {what}, cosine below {min_cosine}: " + "; ".join(bad))
-    return numbers
+        problem = "" if cos >= min_cosine else f"cosine {cos:.5f}"
+        return {"cosine": cos, "rel": rel, "min_cosine": min_cosine}, problem
+
+    return _compare(spec, got, want, what, measure, f", cosine below {min_cosine}")
