@@ -3,8 +3,9 @@
 Work happens at the frequency the math needs (HALLO2.md §6): image tokens, the face-locator
 feature (one frame, broadcast), the reference latent, its ReferenceNet rows and their keys/values
 once per video; per clip the two motion frames (pixel mask, VAE encode), their ReferenceNet rows
-(4 instead of the official 6) and the audio tokens; per step only the denoiser. Frames leave as
-each clip finishes, so memory does not grow with the audio length.
+(4 instead of the official 6) and the audio tokens' cross-attention keys/values; per step only
+``denoiser_step``. Frames leave as each clip finishes, so memory does not grow with the audio
+length.
 """
 
 from __future__ import annotations
@@ -38,10 +39,8 @@ from .video import ClipWriter, VideoWriter, host_frames
 
 log = logging.getLogger(__name__)
 
-MASK_SEED_OFFSET = 1_000_003
-VOCALS_RATE = (
-    44100  # MDX-Net runs on 44.1 kHz stereo  # default RNG: the pixel mask gets its own stream
-)
+MASK_SEED_OFFSET = 1_000_003  # default RNG: the pixel mask gets its own stream
+VOCALS_RATE = 44100  # MDX-Net runs on 44.1 kHz stereo
 
 
 @dataclass(frozen=True)
@@ -207,8 +206,8 @@ def generate(
         clip.update({k: v.clone() for k, v in audio_kv.items()})
         x = loop(clip, noise.to(dev), (lambda _i: on_step()) if on_step else None)
         pixels = run("vae_decoder", latents=x[0].transpose(0, 1))["pixels"]  # (F, 3, S, S)
-        unit = (pixels.float() / 2 + 0.5).clamp(0, 1)  # official: frames in [0, 1] on the CPU
-        motion = unit[-m:] * 2 - 1  # next clip's motion frames
+        # next clip's motion frames, through the official [0, 1] round trip of the output frames
+        motion = (pixels[-m:].float() / 2 + 0.5).clamp(0, 1) * 2 - 1
         pixels = pixels.clone()  # the engine reuses its output buffer
         ready = None
         if pixels.device.type == "cuda":
