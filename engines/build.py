@@ -22,17 +22,18 @@ from typing import Any
 
 import torch
 
-from .engine import Engine, backend_module
+from .engine import Engine, artifact_files, backend_module
 from .manifest import (
     MANIFEST,
     EngineError,
     cache_key,
     environment,
+    onnx_sha256,
     read_manifest,
     sha256_files,
 )
 from .parity import compare_fp16, compare_fp32
-from .spec import ENGINE_NAMES, EngineSpec, random_feed, spec_from_json
+from .spec import DTYPES, ENGINE_NAMES, EngineSpec, random_feed, spec_from_json
 
 log = logging.getLogger(__name__)
 
@@ -119,29 +120,12 @@ def _source(onnx_dir: Path, name: str) -> tuple[Path, dict[str, Any]]:
     path = onnx_dir / name / "model.onnx"
     if not path.is_file():
         raise EngineError(f"{path} is missing; re-export: hallo2rt export --only {name}")
-    digest = sha256_files([path, path.with_name(path.name + ".data")])
-    if digest != export.get("onnx_sha256"):
+    if onnx_sha256(path) != export.get("onnx_sha256"):
         raise EngineError(
             f"{path} does not match the hash its export recorded (corrupt or edited after "
             f"export); re-export: hallo2rt export --only {name}"
         )
     return path, export
-
-
-def reference_run(onnx: Path, feed: dict[str, torch.Tensor], spec: EngineSpec) -> list:
-    """The graph in ONNX Runtime on the CPU without graph optimisations."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.enable_cpu_mem_arena = False
-    sess = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
-    try:
-        out = sess.run(None, {k: v.cpu().numpy() for k, v in feed.items()})
-    finally:
-        del sess
-    return [torch.from_numpy(o) for o in out]
 
 
 def check_engine(
@@ -155,22 +139,19 @@ def check_engine(
         sizes = engine.spec.sizes(size)
         ref_feed = random_feed(onnx_spec, sizes, seed)
         feed = {
-            t.name: ref_feed[t.name].to(engine.device, _dtype(t.dtype)) for t in engine.spec.inputs
+            t.name: ref_feed[t.name].to(engine.device, DTYPES[t.dtype]) for t in engine.spec.inputs
         }
         with torch.inference_mode():
             got = engine.infer(feed)
         got_list = [got[t.name] for t in engine.spec.outputs]
-        want = reference_run(onnx, ref_feed, onnx_spec)
+        from .ort_backend import run_on_cpu
+
+        arrays = {k: v.numpy() for k, v in ref_feed.items()}
+        want = [torch.from_numpy(o) for o in run_on_cpu(onnx, arrays, optimize=False)]
         what = f"{engine.backend} engine vs its ONNX (ORT CPU) at {size} sizes {sizes}"
         compare = compare_fp16 if fp16 else compare_fp32
         results[size] = {"sizes": sizes, "outputs": compare(engine.spec, got_list, want, what)}
     return results
-
-
-def _dtype(name: str) -> torch.dtype:
-    from .spec import DTYPES
-
-    return DTYPES[name]
 
 
 def build_engines(
@@ -244,8 +225,8 @@ def _build_one(
             "rebuild": rebuild,
             **built,
         }
-        if manifest.get("artifact"):
-            files = [tmp / manifest["artifact"], *(tmp / f for f in built.get("artifact_data", []))]
+        files = artifact_files(tmp, manifest)
+        if files:
             manifest["artifact_bytes"] = sum(f.stat().st_size for f in files)
             manifest["artifact_sha256"] = sha256_files(files)
         manifest["build_seconds"] = round(time.perf_counter() - start, 2)

@@ -101,18 +101,25 @@ class Engine:
         raise NotImplementedError
 
 
+def artifact_files(directory: Path, manifest: dict[str, Any]) -> list[Path]:
+    """The artifact and its data files, as the manifest names them (empty for torch)."""
+    if not manifest.get("artifact"):
+        return []
+    names = [manifest["artifact"], *manifest.get("artifact_data", [])]
+    return [Path(directory) / n for n in names]
+
+
 def artifact_path(directory: Path, manifest: dict[str, Any]) -> Path | None:
     """The built artifact (None for the torch backend, whose weights are the checkpoints);
     ``EngineError`` when it is missing or its size or hash says it is not what was built."""
-    name = manifest.get("artifact")
-    if not name:
+    files = artifact_files(directory, manifest)
+    if not files:
         return None
-    path = Path(directory) / name
+    path = files[0]
     if not path.is_file():
         raise EngineError(
             f"{path} is missing; rebuild: {manifest.get('rebuild', 'hallo2rt build ...')}"
         )
-    files = [path, *(Path(directory) / f for f in manifest.get("artifact_data", []))]
     size = sum(f.stat().st_size for f in files if f.is_file())
     if size != manifest.get("artifact_bytes", size):
         raise EngineError(
@@ -127,8 +134,7 @@ def verify_artifact(directory: Path, manifest: dict[str, Any]) -> None:
     path = artifact_path(directory, manifest)
     if path is None:
         return
-    files = [path, *(Path(directory) / f for f in manifest.get("artifact_data", []))]
-    if sha256_files(files) != manifest.get("artifact_sha256"):
+    if sha256_files(artifact_files(directory, manifest)) != manifest.get("artifact_sha256"):
         raise EngineError(
             f"{path} does not match the hash its build recorded: it is corrupt or was "
             f"replaced; rebuild: {manifest.get('rebuild')}"

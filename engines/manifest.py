@@ -49,6 +49,11 @@ def sha256_files(paths: Iterable[str | Path]) -> str:
     return h.hexdigest()
 
 
+def onnx_sha256(path: Path) -> str:
+    """Hash of an ONNX graph and, when present, its external data file (``<name>.data``)."""
+    return sha256_files([path, path.with_name(path.name + ".data")])
+
+
 def _gpu_facts(device: str) -> dict[str, str | None]:
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return {"gpu": None, "compute_capability": None}

@@ -16,7 +16,7 @@ import torch
 
 from .engine import Engine
 from .manifest import EngineError
-from .spec import DTYPES
+from .spec import DTYPES, FP32_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,23 @@ def _provider(device: torch.device, cuda_graph: bool = False) -> list:
     return [("CUDAExecutionProvider", options)]
 
 
+def run_on_cpu(path: Path, feed: dict, optimize: bool = True) -> list:
+    """Run an ONNX graph once in ONNX Runtime on the CPU (numpy in, numpy out, outputs in graph
+    order), then release the session and its memory, so that a PyTorch reference run that
+    follows does not add to ORT's peak (full-size checks). ``optimize=False``: no graph
+    optimisation, the plainest reading of the graph (the build checks' reference)."""
+    ort = _ort()
+    opts = _session_options(ort)
+    opts.enable_cpu_mem_arena = False
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return sess.run(None, feed)
+    finally:
+        del sess
+
+
 def check_available(config, env: dict[str, Any]) -> None:
     """``EngineError`` unless this machine can build/run ONNX Runtime engines for ``config``."""
     ort = _ort()
@@ -72,7 +89,7 @@ def _session_options(ort, log_level: int = 3):
 def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkpoints) -> dict:
     """Save the provider-optimised graph into ``out``; returns the manifest's build fields."""
     ort = _ort()
-    if config.fp16 and export["precision"] != "fp16" and export["engine"] != "audio_encoder":
+    if config.fp16 and export["precision"] != "fp16" and export["engine"] not in FP32_ONLY:
         raise EngineError(
             f"{onnx} is an fp32 export; ONNX Runtime runs the precision of the export: "
             "re-export with `hallo2rt export --precision fp16`, or build without --fp16"

@@ -16,6 +16,9 @@ import torch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 
+# Engines that stay fp32 in an fp16 build: the official keeps wav2vec in fp32 (and it is cheap).
+FP32_ONLY = ("audio_encoder",)
+
 # DESIGN.md's engine table, in its order (export, build and the doctor list engines this way).
 ENGINE_NAMES = (
     "audio_encoder",

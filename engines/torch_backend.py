@@ -14,10 +14,9 @@ import torch
 
 from .engine import Engine
 from .manifest import EngineError, sha256_files
+from .spec import FP32_ONLY
 
 log = logging.getLogger(__name__)
-
-FP32_ONLY = ("audio_encoder",)  # the official keeps wav2vec in fp32
 
 
 def check_available(config, env: dict[str, Any]) -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..engines.manifest import sha256_files
+from ..engines.manifest import onnx_sha256, sha256_files
+from ..engines.ort_backend import run_on_cpu
 from ..engines.parity import (  # noqa: F401  (ParityError: part of this module's API)
     FP16_MIN_COSINE,
     FP32_REL_TOL,
@@ -31,13 +32,12 @@ from ..engines.parity import (  # noqa: F401  (ParityError: part of this module'
     compare_fp16,
     compare_fp32,
 )
-from ..engines.spec import EngineSpec
+from ..engines.spec import FP32_ONLY, EngineSpec
 from .checkpoints import load_pretrained
 from .graphs import ENGINE_COMPONENTS, ENGINES, Graph, GraphShapes, build_graph
 
 log = logging.getLogger(__name__)
 
-FP32_ONLY = ("audio_encoder",)  # the official keeps wav2vec in fp32; it is cheap
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
 OPSET = 17
 
@@ -160,27 +160,12 @@ def check_io(spec: EngineSpec, path: Path) -> None:
         )
 
 
-def _ort_run(path: Path, names: list[str], feed: dict) -> list:
-    """Run the graph once in ORT (CPU), then release the session and its memory, so that the
-    PyTorch reference forward that follows does not add to ORT's peak (full-size exports)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.enable_cpu_mem_arena = False
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    try:
-        return sess.run(names, feed)
-    finally:
-        del sess
-
-
 def parity(
     graph: Graph, path: Path, args: tuple[torch.Tensor, ...], rel_tol: float = FP32_REL_TOL
 ) -> dict[str, dict[str, float]]:
     """Run the ONNX graph in ORT (CPU) and the wrapper on ``args``; per-output error numbers."""
     feed = {t.name: a.numpy() for t, a in zip(graph.spec.inputs, args, strict=True)}
-    got = _ort_run(path, [t.name for t in graph.spec.outputs], feed)
+    got = run_on_cpu(path, feed)  # outputs in graph order = spec order (check_io)
     with torch.no_grad():
         want = graph.module(*args)
     what = "ONNX Runtime disagrees with PyTorch"
@@ -199,16 +184,11 @@ def parity_fp16(
         t.name: (a.half() if t.dtype == "float16" else a).numpy()
         for t, a in zip(spec16.inputs, args, strict=True)
     }
-    got = _ort_run(path, [t.name for t in spec16.outputs], feed)
+    got = run_on_cpu(path, feed)
     with torch.no_grad():  # the same values the fp16 graph saw
         want = graph.module(*[a.half().float() if a.is_floating_point() else a for a in args])
     what = "fp16 ONNX vs fp32 PyTorch"
     return compare_fp16(spec16, [torch.from_numpy(g) for g in got], want, what, min_cosine)
-
-
-def _sha256(path: Path) -> str:
-    """Hash of the graph and, when present, its external data file."""
-    return sha256_files([path, path.with_name(path.name + ".data")])
 
 
 def _versions() -> dict[str, str]:
@@ -253,7 +233,7 @@ def export_engine(
             "spec": spec.to_json(),
             "spec_digest": spec.digest(),
             "precision": precision,
-            "onnx_sha256": _sha256(path),
+            "onnx_sha256": onnx_sha256(path),
             "onnx_bytes": size,
             "parity": {
                 "reference": "PyTorch wrapper, fp32, CPU",

@@ -537,8 +537,10 @@ def _place(modules: dict, device: str, fp16: bool) -> None:
     """Modules on the device in the run's precision (the audio encoder stays fp32, as official)."""
     import torch
 
+    from hallo2rt.engines.spec import FP32_ONLY
+
     for name, module in modules.items():
-        fp32 = not fp16 or name == "audio_encoder"
+        fp32 = not fp16 or name in FP32_ONLY
         module.to(device, torch.float32 if fp32 else torch.float16)
 
 
