@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import resource
 import statistics
@@ -150,26 +151,36 @@ def _features(session: Session, frames: int) -> torch.Tensor:
     return torch.randn(frames, int(out[2]), int(out[3]), generator=g)
 
 
+def _timed_clips(
+    session: Session, cfg: BenchConfig, clips: Callable[[torch.Tensor], Any]
+) -> dict[str, float]:
+    """Frames per second of ``clips(features)`` (an iterable of (F, S, S, 3) host frames) over
+    ``cfg.clips`` clips, after one untimed warm-up clip (first-call costs, graph capture)."""
+    feats = _features(session, cfg.clips * session.frames)
+    for _ in clips(feats[: session.frames]):
+        pass
+    _sync(session.device)
+    start = time.perf_counter()
+    first, n = None, 0
+    for frames in clips(feats):
+        n += frames.shape[0]
+        first = first or time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return {"frames": n, "seconds": seconds, "fps": n / seconds, "first_clip_s": first}
+
+
 def generation_only(session: Session, cfg: BenchConfig) -> dict[str, float]:
     """Clips from ``generate`` to host frames: the scope the baseline is compared in."""
     from hallo2rt.runtime.pipeline import RunConfig, generate
 
     run = RunConfig(steps=cfg.steps, frames=session.frames)
     portrait = _portrait(session.size, session.embedding_dim)
-    feats = _features(session, cfg.clips * session.frames)
-    for clip in generate(
-        session, portrait, feats[: session.frames], run, cuda_graph=cfg.cuda_graph
-    ):
-        _ = clip.frames  # warm-up clip: first-call costs at the run shapes, graph capture
-    _sync(session.device)
-    start = time.perf_counter()
-    first = None
-    n = 0
-    for clip in generate(session, portrait, feats, run, cuda_graph=cfg.cuda_graph):
-        n += clip.frames.shape[0]
-        first = first or time.perf_counter() - start
-    seconds = time.perf_counter() - start
-    return {"frames": n, "seconds": seconds, "fps": n / seconds, "first_clip_s": first}
+
+    def clips(feats):
+        for clip in generate(session, portrait, feats, run, cuda_graph=cfg.cuda_graph):
+            yield clip.frames
+
+    return _timed_clips(session, cfg, clips)
 
 
 def baseline_only(modules: dict, session: Session, cfg: BenchConfig) -> dict[str, float]:
@@ -180,18 +191,12 @@ def baseline_only(modules: dict, session: Session, cfg: BenchConfig) -> dict[str
 
     run = RunConfig(steps=cfg.steps, frames=session.frames)
     portrait = _portrait(session.size, session.embedding_dim)
-    feats = _features(session, cfg.clips * session.frames)
     dtype = next(modules["denoiser"].parameters()).dtype
-    for _ in official_clips(modules, portrait, feats[: session.frames], run, session.device, dtype):
-        pass  # warm-up clip, as for the runtime
-    _sync(session.device)
-    start = time.perf_counter()
-    first, n = None, 0
-    for frames in official_clips(modules, portrait, feats, run, session.device, dtype):
-        n += frames.shape[0]
-        first = first or time.perf_counter() - start
-    seconds = time.perf_counter() - start
-    return {"frames": n, "seconds": seconds, "fps": n / seconds, "first_clip_s": first}
+    return _timed_clips(
+        session,
+        cfg,
+        lambda feats: official_clips(modules, portrait, feats, run, session.device, dtype),
+    )
 
 
 def end_to_end(session: Session, cfg: BenchConfig, workdir: Path) -> dict[str, float]:
@@ -280,21 +285,15 @@ def environment(session: Session) -> dict[str, Any]:
     from hallo2rt.engines.doctor import _driver
     from hallo2rt.engines.manifest import environment as env
 
-    out = env(str(session.device))
+    out = env(str(session.device), "tensorrt")  # versions of torch, ORT and TensorRT (or None)
     out.update(
         platform=platform.platform(),
         machine=platform.machine(),
-        cpus=__import__("os").cpu_count(),
+        cpus=os.cpu_count(),
         driver=_driver() if session.device.type == "cuda" else None,
         engines=session.describe(),
         shapes={"size": session.size, "frames": session.frames, "motion": session.motion_frames},
     )
-    try:
-        import tensorrt
-
-        out["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        out["tensorrt"] = None
     return out
 
 

@@ -100,7 +100,6 @@ def _torch_probe(device: str) -> None:
 
 def _ort_probe(provider: str) -> None:
     import numpy as np
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -119,7 +118,6 @@ def _ort_probe(provider: str) -> None:
         raise RuntimeError(f"{provider} fell back to {sess.get_providers()}")
     (y,) = sess.run(None, {"x": np.array([1.0, 2.0], np.float32)})
     assert y.tolist() == [2.0, 4.0]
-    del onnx
 
 
 def _trt_probe() -> None:
