@@ -19,23 +19,35 @@ import torch
 
 from .engine import Engine, open_engine
 from .manifest import EngineError
-from .spec import DTYPES, ENGINE_NAMES, EngineSpec
+from .spec import DTYPES, GENERATION, SUPER_RESOLUTION, EngineSpec
 
 log = logging.getLogger(__name__)
-
-# the engines a generation runs (the two super-resolution engines are separate)
-GENERATION = tuple(n for n in ENGINE_NAMES if n not in ("face_restorer", "bg_upsampler"))
 
 
 class Session:
     """Opened engines by name, plus the facts the runtime reads off their specs."""
 
-    def __init__(self, engines: dict[str, Engine], device: torch.device | str):
-        missing = [n for n in GENERATION if n not in engines]
+    def __init__(
+        self,
+        engines: dict[str, Engine],
+        device: torch.device | str,
+        require: tuple[str, ...] = GENERATION,
+    ):
+        missing = [n for n in require if n not in engines]
         if missing:
-            raise EngineError(f"a generation session needs the engines {missing} as well")
+            what = "super-resolution" if set(require) <= set(SUPER_RESOLUTION) else "generation"
+            raise EngineError(f"a {what} session needs the engines {missing} as well")
         self.engines, self.device = engines, torch.device(device)
         self._entered = False
+        if all(n in engines for n in GENERATION):
+            self._read_generation_specs()
+
+    @property
+    def upscales(self) -> bool:
+        """Whether the session holds the super-resolution engines (``--upscale``)."""
+        return all(n in self.engines for n in SUPER_RESOLUTION)
+
+    def _read_generation_specs(self) -> None:
         den = self.spec("denoiser_step")
         latents = den.inputs[0].dims  # (1, 4, F, h, w)
         self.frames, self.latent = int(latents[2]), int(latents[3])
@@ -70,16 +82,18 @@ class Session:
         root: str | Path,
         device: str | torch.device | None = None,
         overrides: dict[str, str | Path] | None = None,
+        names: tuple[str, ...] = GENERATION,
     ) -> Session:
-        """Engines built by ``hallo2rt build`` in ``root`` (``overrides``: name -> another
-        engine directory's root, e.g. another backend). Each is checked for staleness now."""
+        """Engines ``names`` built by ``hallo2rt build`` in ``root`` (``overrides``: name ->
+        another engine directory's root, e.g. another backend). Each is checked for staleness
+        now."""
         overrides = overrides or {}
-        unknown = sorted(set(overrides) - set(GENERATION))
+        unknown = sorted(set(overrides) - set(names))
         if unknown:
-            raise EngineError(f"unknown engines {unknown}; known: {', '.join(GENERATION)}")
+            raise EngineError(f"unknown engines {unknown}; known: {', '.join(names)}")
         pool = None
         engines = {}
-        for name in GENERATION:
+        for name in names:
             directory = Path(overrides.get(name, root)) / name
             engine = open_engine(directory, None if name in overrides else device)
             if engine.backend == "tensorrt":
@@ -89,8 +103,8 @@ class Session:
                     pool = MemoryPool(engine.device)
                 engine.pool = pool
             engines[name] = engine
-        main = engines["denoiser_step"].device
-        return cls(engines, device or main)
+        main = engines[names[0] if "denoiser_step" not in names else "denoiser_step"].device
+        return cls(engines, device or main, names)
 
     def __enter__(self) -> Session:
         opened = []

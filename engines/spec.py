@@ -31,7 +31,12 @@ ENGINE_NAMES = (
     "vae_decoder",
     "face_restorer",
     "bg_upsampler",
+    "face_detector",
+    "face_parser",
 )
+# the engines of --upscale (HALLO2.md §2.8); the others make the 512^2 video
+SUPER_RESOLUTION = ("face_detector", "face_restorer", "bg_upsampler", "face_parser")
+GENERATION = tuple(n for n in ENGINE_NAMES if n not in SUPER_RESOLUTION)
 
 
 @dataclass(frozen=True)

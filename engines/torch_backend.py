@@ -125,11 +125,20 @@ class TorchEngine(Engine):
 ENGINE = TorchEngine
 
 
-def session_from_pretrained(pre, shapes, device: str | torch.device = "cpu", fp16: bool = False):
-    """A generation ``Session`` of torch engines over loaded checkpoints (no build step)."""
+def session_from_pretrained(
+    pre,
+    shapes,
+    device: str | torch.device = "cpu",
+    fp16: bool = False,
+    names: tuple[str, ...] | None = None,
+):
+    """A ``Session`` of torch engines ``names`` (default: generation) over loaded checkpoints
+    (no build step)."""
     from hallo2rt.export.graphs import build_graph
 
     from .session import GENERATION, Session
+
+    names = names or GENERATION
 
     device = torch.device(device)
     engines = {
@@ -138,9 +147,9 @@ def session_from_pretrained(pre, shapes, device: str | torch.device = "cpu", fp1
             device,
             "fp16" if fp16 and name not in FP32_ONLY else "fp32",
         )
-        for name in GENERATION
+        for name in names
     }
-    return Session(engines, device)
+    return Session(engines, device, names)
 
 
 def load_torch_session(
@@ -149,12 +158,18 @@ def load_torch_session(
     fp16: bool = False,
     size: int = 512,
     frames: int = 16,
+    generation: bool = True,
+    upscale: bool = False,
 ):
-    """Load the generation components of an official ``pretrained_models/`` tree as a Session
-    of torch engines at ``size`` x ``size``, ``frames`` frames per clip."""
-    from hallo2rt.export.checkpoints import GENERATION as COMPONENTS
+    """Load the components of an official ``pretrained_models/`` tree as a Session of torch
+    engines at ``size`` x ``size``, ``frames`` frames per clip: those of a generation and/or
+    those of super-resolution (``upscale``)."""
+    from hallo2rt.export.checkpoints import GENERATION as GEN_COMPONENTS
+    from hallo2rt.export.checkpoints import SUPER_RESOLUTION as SR_COMPONENTS
     from hallo2rt.export.checkpoints import load_pretrained
     from hallo2rt.export.graphs import GraphShapes
+
+    from .spec import GENERATION, SUPER_RESOLUTION
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -167,6 +182,9 @@ def load_torch_session(
             "--dtype fp16 needs a GPU (CPU fp16 convolutions are ~1000x slower); "
             "use --dtype fp32 on the CPU"
         )
-    pre = load_pretrained(checkpoints, COMPONENTS)
-    shapes = GraphShapes(size=size, frames=frames)
-    return session_from_pretrained(pre, shapes, dev, fp16)
+    components = (GEN_COMPONENTS if generation else ()) + (SR_COMPONENTS if upscale else ())
+    names = (GENERATION if generation else ()) + (SUPER_RESOLUTION if upscale else ())
+    pre = load_pretrained(checkpoints, components)
+    kw = {"face_size": pre.config.codeformer.img_size} if upscale else {}
+    shapes = GraphShapes(size=size, frames=frames, **kw)
+    return session_from_pretrained(pre, shapes, dev, fp16, names)

@@ -23,6 +23,8 @@ from .config import (
     HeadsConfig,
     ModelConfig,
     MotionConfig,
+    ParseNetConfig,
+    RetinaFaceConfig,
     RRDBConfig,
     UNetConfig,
     VAEConfig,
@@ -41,6 +43,8 @@ UNET_CONFIG = "stable-diffusion-v1-5/unet/config.json"
 VAE_DIR = "sd-vae-ft-mse"
 WAV2VEC_DIR = "wav2vec/wav2vec2-base-960h"
 REALESRGAN = "realesrgan/RealESRGAN_x2plus.pth"
+FACE_DETECTOR = "facelib/detection_Resnet50_Final.pth"
+FACE_PARSER = "facelib/parsing_parsenet.pth"
 WEIGHT_NAMES = {  # directory checkpoints: the first file found is used
     VAE_DIR: (
         "diffusion_pytorch_model.safetensors",
@@ -60,6 +64,8 @@ CONTENTS = {
     f"{WAV2VEC_DIR}/config.json": "the wav2vec2-base-960h config.json",
     WAV2VEC_DIR: "the wav2vec2-base-960h weights (model.safetensors or pytorch_model.bin)",
     REALESRGAN: "the RealESRGAN x2plus RRDBNet weights",
+    FACE_DETECTOR: "the RetinaFace-ResNet50 face detector (facexlib release)",
+    FACE_PARSER: "the ParseNet face parser (CodeFormer / facelib release)",
 }
 NET_COMPONENTS = {  # component -> its prefix in net.pth
     "reference_unet": "reference_unet",
@@ -76,6 +82,8 @@ COMPONENT_FILES: dict[str, tuple[str, ...]] = {
     "audio_encoder": (f"{WAV2VEC_DIR}/config.json", WAV2VEC_DIR),
     "face_restorer": (NET_G,),
     "bg_upsampler": (REALESRGAN,),
+    "face_detector": (FACE_DETECTOR,),
+    "face_parser": (FACE_PARSER,),
 }
 GENERATION = (
     "vae_encoder",
@@ -87,7 +95,7 @@ GENERATION = (
     "audio_proj",
     "audio_encoder",
 )  # what --upscale 1 needs
-SUPER_RESOLUTION = ("face_restorer", "bg_upsampler")
+SUPER_RESOLUTION = ("face_detector", "face_restorer", "bg_upsampler", "face_parser")
 
 # --- renames and reshapes, each with its reason --------------------------------------------------
 # (pattern, replacement, why); applied in order with re.sub on every key.
@@ -375,11 +383,15 @@ def _read_sources(
     for name, rel, make, key in (
         ("face_restorer", NET_G, CodeFormerConfig, "codeformer"),
         ("bg_upsampler", REALESRGAN, RRDBConfig, "rrdb"),
+        ("face_detector", FACE_DETECTOR, RetinaFaceConfig, "retinaface"),
+        ("face_parser", FACE_PARSER, ParseNetConfig, "parsenet"),
     ):
         if name in names:
             sd = _unwrap(
                 read_state_dict(root / rel, CONTENTS[rel]), root / rel, ("params_ema", "params")
             )
+            # the released detector was saved from DataParallel; facelib strips the prefix too
+            sd = {k.removeprefix("module."): v for k, v in sd.items()}
             cfg_kw[key] = make.from_state_dict(sd)
             sds[name], files[name] = sd, str(root / rel)
     return sds, files, ModelConfig(**cfg_kw)

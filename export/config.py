@@ -13,6 +13,7 @@ default and are named as such.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -511,7 +512,9 @@ class CodeFormerConfig:
         code = _shape(sd, "quantize.embedding.weight", "CodeFormer codebook")
         n_layers = sum(1 for k in sd if k.startswith("ft_layers.") and k.endswith(".norm1.weight"))
         connect = sorted({k.split(".")[1] for k in sd if k.startswith("fuse_convs_dict.")}, key=int)
+        side = round(pos[0] ** 0.5)  # tokens per frame are the bottom level's side squared
         return cls(
+            img_size=side << (levels - 1),
             nf=nf,
             ch_mult=tuple(mult),
             emb_dim=code[1],
@@ -559,6 +562,101 @@ class RRDBConfig:
 
 
 @dataclass(frozen=True)
+class RetinaFaceConfig:
+    """RetinaFace-ResNet50 (``facelib/detection_Resnet50_Final.pth``; facexlib fixes these)."""
+
+    width: int = 64  # ResNet stem width (torchvision resnet50: 64)
+    layers: tuple[int, ...] = (3, 4, 6, 3)  # bottleneck blocks of layer1..layer4
+    out_channels: int = 256  # FPN / SSH width
+    anchors: int = 2  # anchors per position (min_sizes per level)
+    min_sizes: tuple[tuple[int, int], ...] = ((16, 32), (64, 128), (256, 512))  # anchor sides
+    steps: tuple[int, ...] = (8, 16, 32)  # strides of the three levels (layer2..layer4)
+    variance: tuple[float, float] = (0.1, 0.2)  # box/landmark decoding variances
+
+    def __post_init__(self) -> None:
+        c = "RetinaFaceConfig"
+        _check(len(self.layers) == 4, c, "layers", self.layers, "ResNet has 4 stages")
+        _check(self.out_channels % 4 == 0, c, "out_channels", self.out_channels, "SSH splits /4")
+        _check(
+            len(self.min_sizes) == len(self.steps) == 3,
+            c,
+            "min_sizes",
+            self.min_sizes,
+            "three pyramid levels, one per step",
+        )
+        _check(
+            all(len(m) == self.anchors for m in self.min_sizes),
+            c,
+            "anchors",
+            self.anchors,
+            "must equal the anchor sides per level",
+        )
+
+    @property
+    def leaky(self) -> float:
+        """The official FPN/SSH negative slope: 0.1 for widths <= 64, else plain ReLU."""
+        return 0.1 if self.out_channels <= 64 else 0.0
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, Any]) -> RetinaFaceConfig:
+        width = _shape(sd, "body.conv1.weight", "RetinaFace stem width")[0]
+        layers = tuple(
+            sum(1 for k in sd if re.fullmatch(rf"body\.layer{i}\.\d+\.conv1\.weight", k))
+            for i in range(1, 5)
+        )
+        out = _shape(sd, "fpn.output1.0.weight", "RetinaFace FPN width")[0]
+        anchors = _shape(sd, "ClassHead.0.conv1x1.weight", "RetinaFace anchors")[0] // 2
+        return cls(width=width, layers=layers, out_channels=out, anchors=anchors)
+
+
+@dataclass(frozen=True)
+class ParseNetConfig:
+    """ParseNet face parser (``facelib/parsing_parsenet.pth``; facelib builds it in Python)."""
+
+    in_size: int = 512  # input face crop side (init_parsing_model: 512)
+    min_feat_size: int = 32  # encoder output side: log2(in_size / this) downsamples
+    base_ch: int = 64  # first conv width
+    parsing_ch: int = 19  # parsing classes
+    res_depth: int = 10  # residual blocks in the body
+    ch_range: tuple[int, int] = (32, 256)  # widths are clipped to this range
+
+    def __post_init__(self) -> None:
+        c = "ParseNetConfig"
+        _check(
+            self.in_size % self.min_feat_size == 0
+            and (self.in_size // self.min_feat_size) & (self.in_size // self.min_feat_size - 1)
+            == 0,
+            c,
+            "min_feat_size",
+            self.min_feat_size,
+            f"in_size {self.in_size} / min_feat_size must be a power of two",
+        )
+
+    @property
+    def steps(self) -> int:
+        return (self.in_size // self.min_feat_size).bit_length() - 1
+
+    def clip(self, ch: int) -> int:
+        return max(self.ch_range[0], min(ch, self.ch_range[1]))
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, Any]) -> ParseNetConfig:
+        base = _shape(sd, "encoder.0.conv2d.weight", "ParseNet width")[0]
+        steps = sum(1 for k in sd if re.fullmatch(r"encoder\.\d+\.conv1\.conv2d\.weight", k))
+        depth = sum(1 for k in sd if re.fullmatch(r"body\.\d+\.conv1\.conv2d\.weight", k))
+        top = _shape(sd, "body.0.conv1.conv2d.weight", "ParseNet body width")[0]
+        classes = _shape(sd, "out_mask_conv.conv2d.weight", "ParseNet classes")[0]
+        # the lower clip never binds when it is <= base_ch, so base_ch reproduces the network
+        return cls(
+            in_size=cls.min_feat_size << steps,
+            base_ch=base,
+            parsing_ch=classes,
+            res_depth=depth,
+            ch_range=(base, top),
+        )
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything the weights need, read from the checkpoint tree (STYLE.md §7)."""
 
@@ -569,3 +667,5 @@ class ModelConfig:
     wav2vec: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)  # audio encoder
     codeformer: CodeFormerConfig | None = None  # None when net_g.pth was not loaded
     rrdb: RRDBConfig | None = None  # None when RealESRGAN was not loaded
+    retinaface: RetinaFaceConfig | None = None  # None when the face detector was not loaded
+    parsenet: ParseNetConfig | None = None  # None when the face parser was not loaded

@@ -29,12 +29,20 @@ class GraphShapes:
     size: int = 512  # image side (latents are size / 8)
     frames: int = 16  # frames per clip
     motion_frames: int = 2  # M
-    sr_frames: int = 16  # largest temporal window of the face restorer
+    sr_frames: int = 16  # temporal window of the face restorer (official chunk)
+    sr_overlap: int = 4  # frames a window shares with the previous one (official overlay)
+    detect_size: int = 640  # face detector input side (official: the short side scaled to 640)
+    face_size: int = 512  # aligned face crop side (CodeFormer's input; facelib: 512)
     max_audio_samples: int = 969_600  # a 60 s segment plus the last segment's padding
 
     def __post_init__(self) -> None:
         if self.size % 64:
             raise ValueError(f"GraphShapes.size = {self.size}: must be a multiple of 64")
+        if not 0 < self.sr_overlap < self.sr_frames:
+            raise ValueError(
+                f"GraphShapes.sr_overlap = {self.sr_overlap}: must lie in 1..sr_frames - 1 "
+                f"({self.sr_frames - 1})"
+            )
 
 
 @dataclass
@@ -70,13 +78,6 @@ class _Call(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         return (self.inner(x),)
-
-
-class _Call2(_Call):
-    """The same for two inputs (named arguments, as torch.export's dynamic shapes need)."""
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:  # type: ignore[override]
-        return (self.inner(x, y),)
 
 
 class AudioEncoderGraph(nn.Module):
@@ -405,33 +406,134 @@ def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
     return Graph(spec, DenoiserStepGraph(den, levels, len(hooked)), make)
 
 
+class FaceRestorerGraph(nn.Module):
+    """One streamed window of the temporal CodeFormer (``CodeFormer.window``)."""
+
+    def __init__(self, codeformer: nn.Module):
+        super().__init__()
+        self.net = codeformer
+
+    def forward(self, faces, context, context_valid, fidelity) -> tuple[torch.Tensor, ...]:
+        return self.net.window(faces, context, context_valid, fidelity)
+
+
+class FaceDetectorGraph(nn.Module):
+    """RGB in [0, 1] -> facelib's BGR - mean input; the anchors decoded in the graph (a
+    constant table for the static input size), so the runtime reads pixels directly."""
+
+    def __init__(self, retinaface: nn.Module, size: int):
+        super().__init__()
+        self.net, self.size = retinaface, size
+        self.register_buffer("priors", retinaface.priors(size, size), persistent=False)
+        mean = torch.tensor([104.0, 117.0, 123.0]).reshape(1, 3, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = image.flip(1) * 255.0 - self.mean  # RGB [0, 1] -> BGR [0, 255] - mean
+        loc, conf, landm = self.net(x)
+        boxes, points = self.net.decode(loc, landm, self.priors)
+        return boxes * self.size, conf[..., 1], points * self.size
+
+
+def _face_detector(pre: Pretrained, s: GraphShapes) -> Graph:
+    net = pre["face_detector"]
+    d = s.detect_size
+    anchors = net.priors(d, d).shape[0]
+    spec = EngineSpec(
+        "face_detector",
+        (_t("image", 1, 3, d, d, values=(0.0, 1.0)),),
+        (
+            _t("boxes", 1, anchors, 4),
+            _t("scores", 1, anchors),
+            _t("landmarks", 1, anchors, 10),
+        ),
+        notes="RetinaFace-R50 on one frame resized to the input side; boxes and 5 landmarks "
+        "(x, y) in input pixels per anchor, face score per anchor; selection outside.",
+    )
+    return Graph(spec, FaceDetectorGraph(net, d), lambda z, g: (_rand(g, 1, 3, d, d),))
+
+
 def _face_restorer(pre: Pretrained, s: GraphShapes) -> Graph:
+    cf = pre.config.codeformer
+    side, lat, c = cf.img_size, cf.attn_resolution, s.sr_overlap
+    if side != s.face_size:
+        raise ValueError(
+            f"this CodeFormer restores {side}x{side} crops but GraphShapes.face_size is "
+            f"{s.face_size}: export with face_size={side}"
+        )
     spec = EngineSpec(
         "face_restorer",
         (
-            _t("faces", 1, "sr_frames", 3, 512, 512, values=(-1.0, 1.0)),
+            _t("faces", "sr_new", 3, side, side, values=(-1.0, 1.0)),
+            _t("context", c, cf.emb_dim, lat, lat),
+            _t("context_valid", c, values=(0.0, 1.0)),
             _t("fidelity", 1, values=(0.0, 1.0)),
         ),
-        (_t("restored", 1, "sr_frames", 3, 512, 512),),
-        {"sr_frames": (1, s.sr_frames, s.sr_frames)},
-        "temporal CodeFormer on aligned 512^2 crops; frames attend each other.",
+        (
+            _t("restored", "sr_new", 3, side, side),
+            _t("features", "sr_new", cf.emb_dim, lat, lat),
+        ),
+        {"sr_new": (1, s.sr_frames - c, s.sr_frames)},
+        "temporal CodeFormer on one window: the new aligned crops plus the encoder features "
+        "of the frames shared with the previous window (context_valid > 0.5: real frames).",
     )
-    return Graph(
-        spec,
-        _Call2(pre["face_restorer"]),
-        lambda z, g: (_rand(g, 1, z["sr_frames"], 3, 512, 512) * 2 - 1, torch.tensor([0.5])),
-    )
+
+    def make(z, g):
+        return (
+            _rand(g, z["sr_new"], 3, side, side) * 2 - 1,
+            _randn(g, c, cf.emb_dim, lat, lat),
+            (torch.arange(c) % 2).float(),  # half the context real: the mask is exercised
+            torch.tensor([0.5]),
+        )
+
+    return Graph(spec, FaceRestorerGraph(pre["face_restorer"]), make)
 
 
 def _bg_upsampler(pre: Pretrained, s: GraphShapes) -> Graph:
-    up = s.size * pre.config.rrdb.scale
+    k = pre.config.rrdb.scale
+    face = s.face_size
+    lo, hi = min(s.size, face), max(s.size, face)  # frames and (face upsampling) face crops
     spec = EngineSpec(
         "bg_upsampler",
-        (_t("image", 1, 3, s.size, s.size, values=(0.0, 1.0)),),
-        (_t("upscaled", 1, 3, up, up),),
-        notes="RealESRGAN untiled.",
+        (_t("image", 1, 3, "height", "width", values=(0.0, 1.0)),),
+        (_t("upscaled", 1, 3, "up_height", "up_width"),),
+        {
+            "height": (lo, face, hi),
+            "width": (lo, face, hi),
+            "up_height": (lo * k, face * k, hi * k),
+            "up_width": (lo * k, face * k, hi * k),
+        },
+        notes="RealESRGAN untiled, on whole frames and on restored face crops.",
     )
-    return Graph(spec, _Call(pre["bg_upsampler"]), lambda z, g: (_rand(g, 1, 3, s.size, s.size),))
+    return Graph(
+        spec,
+        _Call(pre["bg_upsampler"]),
+        lambda z, g: (_rand(g, 1, 3, z["height"], z["width"]),),
+    )
+
+
+class FaceParserGraph(nn.Module):
+    def __init__(self, parsenet: nn.Module):
+        super().__init__()
+        self.net = parsenet
+
+    def forward(self, face: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.net(face),)
+
+
+def _face_parser(pre: Pretrained, s: GraphShapes) -> Graph:
+    p, side = pre.config.parsenet, s.face_size
+    spec = EngineSpec(
+        "face_parser",
+        (_t("face", 1, 3, side, side, values=(-1.0, 1.0)),),
+        (_t("parsing", 1, p.parsing_ch, side, side),),
+        notes="ParseNet logits of a restored face crop; argmax and blur outside.",
+    )
+    return Graph(
+        spec,
+        FaceParserGraph(pre["face_parser"]),
+        lambda z, g: (_rand(g, 1, 3, side, side) * 2 - 1,),
+    )
 
 
 _BUILDERS = {
@@ -445,6 +547,8 @@ _BUILDERS = {
     "denoiser_step": _denoiser_step,
     "face_restorer": _face_restorer,
     "bg_upsampler": _bg_upsampler,
+    "face_detector": _face_detector,
+    "face_parser": _face_parser,
 }
 
 # Components each engine needs from the checkpoint tree.
@@ -459,4 +563,6 @@ ENGINE_COMPONENTS = {
     "denoiser_step": ("denoiser",),
     "face_restorer": ("face_restorer",),
     "bg_upsampler": ("bg_upsampler",),
+    "face_detector": ("face_detector",),
+    "face_parser": ("face_parser",),
 }

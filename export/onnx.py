@@ -276,6 +276,8 @@ def export_engines(
         raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
     components = dict.fromkeys(c for n in names for c in ENGINE_COMPONENTS[n])
     pre = load_pretrained(checkpoints, components)
+    if pre.config.codeformer is not None:  # the face crop side is the restorer's
+        shapes = dataclasses.replace(shapes, face_size=pre.config.codeformer.img_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shared = {

@@ -19,12 +19,24 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import NET, NET_COMPONENTS, NET_G, REALESRGAN, UNET_CONFIG, VAE_DIR, WAV2VEC_DIR
+from .checkpoints import (
+    FACE_DETECTOR,
+    FACE_PARSER,
+    NET,
+    NET_COMPONENTS,
+    NET_G,
+    REALESRGAN,
+    UNET_CONFIG,
+    VAE_DIR,
+    WAV2VEC_DIR,
+)
 from .config import (
     CodeFormerConfig,
     HeadsConfig,
     ModelConfig,
     MotionConfig,
+    ParseNetConfig,
+    RetinaFaceConfig,
     RRDBConfig,
     UNetConfig,
     VAEConfig,
@@ -82,16 +94,30 @@ def tiny_config() -> ModelConfig:
             num_conv_pos_embeddings=16,
             num_conv_pos_embedding_groups=4,
         ),
-        codeformer=CodeFormerConfig(
-            nf=32, ch_mult=(1, 1, 1, 1, 1, 2), emb_dim=32, codebook_size=64, dim_embd=64, n_layers=2
+        codeformer=CodeFormerConfig(  # 64^2 face crops: 3 levels down to the 16^2 tokens
+            nf=32,
+            ch_mult=(1, 1, 2),
+            emb_dim=32,
+            codebook_size=64,
+            dim_embd=64,
+            n_layers=2,
+            connect_list=("32", "64"),
+            img_size=64,
         ),
         rrdb=RRDBConfig(num_feat=16, num_block=2, num_grow_ch=8),
+        retinaface=RetinaFaceConfig(width=8, layers=(1, 1, 1, 1), out_channels=16),
+        parsenet=ParseNetConfig(in_size=64, base_ch=8, res_depth=1, ch_range=(8, 16)),
     )
 
 
 def full_config() -> ModelConfig:
     """The released model's architecture (HALLO2.md §2)."""
-    return ModelConfig(codeformer=CodeFormerConfig(), rrdb=RRDBConfig())
+    return ModelConfig(
+        codeformer=CodeFormerConfig(),
+        rrdb=RRDBConfig(),
+        retinaface=RetinaFaceConfig(),
+        parsenet=ParseNetConfig(),
+    )
 
 
 CONFIGS: dict[str, Callable[[], ModelConfig]] = {"tiny": tiny_config, "full": full_config}
@@ -158,6 +184,11 @@ def official_layout(
         files.append(FileSpec(NET_G, "torch", "params_ema", _meta_shapes("face_restorer", cfg)))
     if cfg.rrdb is not None:
         files.append(FileSpec(REALESRGAN, "torch", "params_ema", _meta_shapes("bg_upsampler", cfg)))
+    if cfg.retinaface is not None:  # saved from DataParallel: every key has 'module.'
+        det = {f"module.{k}": v for k, v in _meta_shapes("face_detector", cfg).items()}
+        files.append(FileSpec(FACE_DETECTOR, "torch", None, det))
+    if cfg.parsenet is not None:
+        files.append(FileSpec(FACE_PARSER, "torch", None, _meta_shapes("face_parser", cfg)))
     if include_unused:
         ref = {
             k[len("reference_unet.") :]: s
@@ -189,6 +220,10 @@ def _random_tensor(
     key: str, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype
 ) -> torch.Tensor:
     """Scaled so activations stay O(1) through deep stacks; never zero."""
+    if key.endswith("num_batches_tracked"):  # BatchNorm's step counter (int64, unused in eval)
+        return torch.zeros(shape, dtype=torch.int64)
+    if key.endswith("running_var"):  # must be positive
+        return (0.5 + torch.rand(shape, generator=gen)).to(dtype)
     if key.endswith("pos_encoder.pe"):
         return _PositionalEncoding(shape[2], shape[1]).pe.to(dtype)  # the real table
     if len(shape) >= 2:
@@ -235,6 +270,8 @@ def make_random_pretrained(
         for key, shape in spec.shapes.items():
             gen = torch.Generator().manual_seed(_key_seed(seed, spec.path, key))
             sd[key] = _random_tensor(key, shape, gen, dtype)
+        if spec.path == FACE_DETECTOR:
+            _plant_face(sd, cfg.retinaface)
         _save(root / spec.path, spec, sd)
         log.info("wrote %s (%d tensors)", spec.path, len(sd))
         del sd
@@ -256,3 +293,38 @@ def _save(path: Path, spec: FileSpec, sd: dict[str, torch.Tensor]) -> None:
     else:
         torch.save({spec.wrap: sd} if spec.wrap else sd, tmp)
     tmp.replace(path)
+
+
+# The FFHQ 5-point template of a 512 face crop (eyes, nose, mouth corners), as facelib aligns to.
+_TEMPLATE_512 = (
+    (192.98, 239.95),
+    (318.90, 240.19),
+    (256.63, 314.02),
+    (201.26, 371.41),
+    (313.09, 371.15),
+)
+
+
+def _plant_face(sd: dict[str, torch.Tensor], cfg: RetinaFaceConfig) -> None:
+    """Make a random detector find a face in every image, so the SR path runs end to end.
+
+    Random heads score no anchor above facelib's 0.8 threshold. Here the box heads are shrunk so
+    boxes stay near their anchors, the class heads of the two
+    finer levels say "background" and those of the coarsest level "face" (the weights shrunk,
+    not zeroed, so anchors still differ), and that level's landmark head places the template's
+    5 points across each anchor box. Which anchor wins depends on the image; nothing else of the
+    network changes."""
+    for level in range(3):  # boxes ~ their anchors (random regressions overflow exp())
+        box_w = f"module.BboxHead.{level}.conv1x1.weight"
+        sd[box_w] = sd[box_w] * 0.01
+        cls_w, cls_b = (
+            f"module.ClassHead.{level}.conv1x1.weight",
+            f"module.ClassHead.{level}.conv1x1.bias",
+        )
+        sd[cls_w] = sd[cls_w] * 0.01
+        face = 8.0 if level == 2 else -8.0
+        sd[cls_b] = torch.tensor([-face, face] * cfg.anchors, dtype=sd[cls_b].dtype)
+    lm_w, lm_b = "module.LandmarkHead.2.conv1x1.weight", "module.LandmarkHead.2.conv1x1.bias"
+    sd[lm_w] = sd[lm_w] * 0.01
+    offsets = [(c - 256.0) / 512.0 / cfg.variance[0] for pt in _TEMPLATE_512 for c in pt]
+    sd[lm_b] = torch.tensor(offsets * cfg.anchors, dtype=sd[lm_b].dtype)

@@ -39,7 +39,9 @@ def reference_dir() -> Path:
 
 
 # Small engine shapes for the tiny model: 128 px, 4 frames, 2-frame SR windows, 2 s of audio.
-TINY_SHAPES_KW = dict(size=128, frames=4, sr_frames=2, max_audio_samples=32_000)
+TINY_SHAPES_KW = dict(
+    size=128, frames=4, sr_frames=4, sr_overlap=2, face_size=64, max_audio_samples=32_000
+)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from torch import nn
 from ...engines.bank import reference_tokens_official, split_reference_bank
 from ..config import ModelConfig
 from .codeformer import CodeFormer
+from .facelib import ParseNet, RetinaFace
 from .heads import AudioProj, FaceLocator, ImageProj
 from .rrdbnet import RRDBNet
 from .unet import Denoiser, ReferenceNet
@@ -37,6 +38,8 @@ BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "audio_encoder": lambda c: Wav2Vec2(c.wav2vec),
     "face_restorer": lambda c: CodeFormer(_needs(c.codeformer, "codeformer")),
     "bg_upsampler": lambda c: RRDBNet(_needs(c.rrdb, "rrdb")),
+    "face_detector": lambda c: RetinaFace(_needs(c.retinaface, "retinaface")),
+    "face_parser": lambda c: ParseNet(_needs(c.parsenet, "parsenet")),
 }
 
 COMPONENTS: tuple[str, ...] = tuple(BUILDERS)
@@ -56,7 +59,9 @@ __all__ = [
     "Denoiser",
     "FaceLocator",
     "ImageProj",
+    "ParseNet",
     "RRDBNet",
+    "RetinaFace",
     "ReferenceNet",
     "VAEDecoder",
     "VAEEncoder",

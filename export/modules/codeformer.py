@@ -131,7 +131,14 @@ class _MHA(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        q_in: torch.Tensor,
+        k_in: torch.Tensor,
+        v_in: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``key_mask`` (L,) bool: keys that may be attended to (all when None)."""
         wq, wk, wv = self.in_proj_weight.chunk(3)
         bq, bk, bv = self.in_proj_bias.chunk(3)
         length, n, e = q_in.shape
@@ -140,7 +147,9 @@ class _MHA(nn.Module):
             F.linear(x, w, b).reshape(length, n, h, e // h).permute(1, 2, 0, 3)
             for x, w, b in ((q_in, wq, bq), (k_in, wk, bk), (v_in, wv, bv))
         )  # (N,h,L,d)
-        out = F.scaled_dot_product_attention(q, k, v).permute(2, 0, 1, 3).reshape(length, n, e)
+        mask = None if key_mask is None else key_mask[None, :]  # (1, L): the same for every query
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.permute(2, 0, 1, 3).reshape(length, n, e)
         return self.out_proj(out)
 
 
@@ -160,8 +169,11 @@ class _TransformerSALayer(nn.Module):
         self.temp_linear1 = nn.Linear(dim, mlp)
         self.temp_linear2 = nn.Linear(mlp, dim)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, batch: int) -> torch.Tensor:
-        """x (D, B*F, E): D tokens per frame, frames of window b at rows b*F..; pos (D, 1, E)."""
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor, batch: int, frame_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (D, B*F, E): D tokens per frame, frames of window b at rows b*F..; pos (D, 1, E).
+        ``frame_mask`` (F,) bool: frames the temporal attention may read (None: all)."""
         d, bf, e = x.shape
         f = bf // batch
         t = self.norm1(x)
@@ -171,7 +183,7 @@ class _TransformerSALayer(nn.Module):
         xt = x.reshape(d, batch, f, e).permute(2, 1, 0, 3).reshape(f, batch * d, e)
         pt = pos.transpose(0, 1).repeat(1, batch, 1)  # (1, B*D, E)
         t = self.temp_norm(xt)
-        xt = xt + self.temp_attn(t + pt, t + pt, t)
+        xt = xt + self.temp_attn(t + pt, t + pt, t, frame_mask)
         x = xt.reshape(f, batch, d, e).permute(2, 1, 0, 3).reshape(d, bf, e)
         return x + self.temp_linear2(F.gelu(self.temp_linear1(self.temp_ffn_norm(x))))
 
@@ -263,26 +275,63 @@ class CodeFormer(nn.Module):
         raise ValueError(f"no block at resolution {size}")
 
     def forward(self, frames: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The official call: every frame of each window encoded, attended and decoded."""
         b, f = frames.shape[:2]
-        x = frames.reshape(b * f, *frames.shape[2:])
+        lq, skips = self.encode(frames.reshape(b * f, *frames.shape[2:]))
+        idx = self.codes(lq, b)
+        return self.decode(idx, lq, skips, w).reshape(b, f, *frames.shape[2:])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-frame work: faces (N, 3, S, S) -> lq features (N, emb, 16, 16) + SFT skips."""
         skips = {}
         for i, blk in enumerate(self.encoder.blocks):
             x = blk(x)
             if i in self.enc_taps:
                 skips[self.enc_taps[i]] = x
-        lq = x  # (BF, emb, 16, 16)
-        n, e, h, wd = lq.shape
+        return x, skips
+
+    def codes(
+        self, lq: torch.Tensor, batch: int = 1, frame_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The temporal part: lq (B*F, emb, 16, 16) of ``batch`` windows -> code indices
+        (HW, B*F). ``frame_mask`` (F,) bool: frames the others may attend to."""
         q = self.feat_emb(lq.flatten(2).permute(2, 0, 1))  # (HW, BF, E)
         pos = self.position_emb[:, None]  # (HW, 1, E), added to q and k only
         for layer in self.ft_layers:
-            q = layer(q, pos, b)
-        idx = self.idx_pred_layer(q).argmax(-1)  # (HW, BF): top-1 of softmax = argmax
-        quant = self.quantize.embedding.weight[idx.transpose(0, 1)]  # (BF, HW, emb)
-        quant = quant.transpose(1, 2).reshape(n, e, h, wd)
-        x = _adain(quant, lq)
+            q = layer(q, pos, batch, frame_mask)
+        return self.idx_pred_layer(q).argmax(-1)  # (HW, BF): top-1 of softmax = argmax
+
+    def decode(
+        self, idx: torch.Tensor, lq: torch.Tensor, skips: dict[str, torch.Tensor], w: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-frame work again: codes (HW, N) + that frame's lq and skips -> faces (N, 3, S, S)."""
+        n, e, h, wd = lq.shape
+        quant = self.quantize.embedding.weight[idx.transpose(0, 1)]  # (N, HW, emb)
+        x = _adain(quant.transpose(1, 2).reshape(n, e, h, wd), lq)
         for i, blk in enumerate(self.generator.blocks):
             x = blk(x)
             if i in self.gen_taps:
                 size = self.gen_taps[i]
                 x = self.fuse_convs_dict[size](skips[size], x, w)
-        return x.reshape(b, f, *x.shape[1:])
+        return x
+
+    def window(
+        self,
+        faces: torch.Tensor,
+        context: torch.Tensor,
+        context_valid: torch.Tensor,
+        w: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One streamed window: only the ``faces`` (N, 3, S, S) new to it are encoded and
+        decoded; ``context`` (C, emb, 16, 16) holds the lq features of the frames it overlaps
+        with the previous window (``context_valid`` (C,) > 0.5 marks real ones; the first window
+        has none). Returns the new frames restored and their lq features (the next context).
+
+        Equal to the official window over [context frames, new frames] with the overlap's
+        outputs dropped: the encoder and generator are per frame, only ``codes`` mixes frames,
+        and a masked-out context frame is exactly absent from every softmax."""
+        lq, skips = self.encode(faces)
+        window = torch.cat([context.to(lq.dtype), lq], dim=0)
+        keep = torch.cat([context_valid > 0.5, torch.ones_like(lq[:, 0, 0, 0], dtype=torch.bool)])
+        idx = self.codes(window, 1, keep)[:, context.shape[0] :]
+        return self.decode(idx, lq, skips, w), lq

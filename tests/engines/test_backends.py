@@ -238,7 +238,9 @@ def test_fp16_export_builds_an_fp16_ort_engine(tiny_root, tmp_path):
     from hallo2rt.export.onnx import export_engines
 
     onnx_dir = tmp_path / "onnx16"
-    shapes = GraphShapes(size=128, frames=4, sr_frames=2, max_audio_samples=32_000)
+    shapes = GraphShapes(
+        size=128, frames=4, sr_frames=4, sr_overlap=2, face_size=64, max_audio_samples=32_000
+    )
     export_engines(tiny_root, onnx_dir, ["image_proj", "vae_encoder"], shapes, "fp16")
     ms = build_engines(onnx_dir, tmp_path / "e16", BuildConfig("onnxruntime", fp16=True))
     for m in ms.values():

@@ -7,6 +7,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from hallo2rt.export.modules import build_module
+from hallo2rt.export.random_weights import full_config
 from hallo2rt.runtime.audio import normalize_waveform
 
 
@@ -45,13 +47,14 @@ def test_face_locator_maps_a_mask_to_the_latent_grid(tiny):
 
 def test_codeformer_attends_across_frames_within_a_window_only(tiny):
     cf = tiny["face_restorer"]
+    side = cf.cfg.img_size
     g = torch.Generator().manual_seed(0)
-    frames = torch.rand(2, 2, 3, 512, 512, generator=g) * 2 - 1  # 2 windows x 2 frames
+    frames = torch.rand(2, 2, 3, side, side, generator=g) * 2 - 1  # 2 windows x 2 frames
     w = torch.tensor(0.5)
     with torch.no_grad():
         out = cf(frames, w)
         other = frames.clone()
-        other[0, 1] = torch.rand(3, 512, 512, generator=g) * 2 - 1  # change window 0, frame 1
+        other[0, 1] = torch.rand(3, side, side, generator=g) * 2 - 1  # change window 0, frame 1
         out2 = cf(other, w)
     assert out.shape == frames.shape
     assert not torch.allclose(out2[0, 0], out[0, 0], atol=1e-4)  # temporal attention
@@ -60,17 +63,20 @@ def test_codeformer_attends_across_frames_within_a_window_only(tiny):
 
 def test_codeformer_fidelity_zero_skips_the_fusion(tiny):
     cf = copy.deepcopy(tiny["face_restorer"])
-    x = torch.rand(1, 1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    side = cf.cfg.img_size
+    x = torch.rand(1, 1, 3, side, side, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
         a0, a1 = cf(x, torch.tensor(0.0)), cf(x, torch.tensor(1.0))
         for p in cf.fuse_convs_dict.parameters():
             p.add_(0.5)
         assert torch.equal(cf(x, torch.tensor(0.0)), a0)
         assert not torch.allclose(cf(x, torch.tensor(1.0)), a1, atol=1e-4)
-    assert sorted(cf.enc_taps.values(), key=int) == ["32", "64", "128", "256"]
+    with torch.device("meta"):
+        full = build_module("face_restorer", full_config())
+    assert sorted(full.enc_taps.values(), key=int) == ["32", "64", "128", "256"]
     # official fuse_encoder_block / fuse_generator_block indices
-    assert cf.enc_taps == {14: "32", 11: "64", 8: "128", 5: "256"}
-    assert cf.gen_taps == {9: "32", 12: "64", 15: "128", 18: "256"}
+    assert full.enc_taps == {14: "32", 11: "64", 8: "128", 5: "256"}
+    assert full.gen_taps == {9: "32", 12: "64", 15: "128", 18: "256"}
 
 
 def test_realesrgan_x2_doubles_the_size(tiny):

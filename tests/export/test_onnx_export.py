@@ -21,7 +21,9 @@ from hallo2rt.runtime.sampler import ddim_schedule
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
-SHAPES = GraphShapes(size=128, frames=4, sr_frames=2, max_audio_samples=32_000)
+SHAPES = GraphShapes(
+    size=128, frames=4, sr_frames=4, sr_overlap=2, face_size=64, max_audio_samples=32_000
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,334 @@
+"""Streamed high resolution (HALLO2.md §2.8): temporal face restoration + background upsampling.
+
+``SuperResolver`` takes frames as they are made and returns upscaled uint8 frames a window at a
+time, holding at most one window of input frames and the encoder features of the frames a window
+shares with the next, so memory is flat for any length. What the official ``video_sr.py`` does,
+and what differs:
+
+- Windows are the official ones (16 frames, 4 shared: [0, 16), [12, 28), ...), but a shared frame
+  is encoded, decoded, detected, parsed, upsampled and pasted once: the ``face_restorer`` engine
+  takes the shared frames' encoder features as context (exactly the official result, see
+  ``CodeFormer.window``). The last window is whatever is left, and no frame is dropped (the
+  official drops the last frame of every video).
+- Detection: RetinaFace on the frame resized to the engine's side (640; a non-square frame is
+  scaled by its long side and padded). The face is the best-scoring detection above 0.8 with the
+  eyes >= 5 px apart (the official takes the last one, which is the same for one face). A frame
+  without one reuses the previous frame's landmarks (as the official); frames before the first
+  detection of the first window use that detection. No face in the whole first window is an error.
+- Alignment: a least-squares similarity to the FFHQ 5-point template (the official uses OpenCV's
+  LMEDS fit, which agrees for clean landmarks). Warps, erosion, Gaussian blurs and blending are
+  tensor ops on the frames' device; nothing is written to disk.
+- Resizing after RealESRGAN's x2 is bicubic (the official: OpenCV Lanczos-4). Intermediate images
+  stay float (the official rounds to uint8 between stages). The parse mask comes from the
+  restored crop directly (the official resizes the upsampled crop back to 512 first).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .media import MediaError
+
+log = logging.getLogger(__name__)
+
+# facelib's 5-point template of a 512 crop (eyes, nose tip, mouth corners)
+TEMPLATE_512 = (
+    (192.98138, 239.94708),
+    (318.90277, 240.1936),
+    (256.63416, 314.01935),
+    (201.26117, 371.41043),
+    (313.08905, 371.15118),
+)
+BORDER_RGB = (132.0, 133.0, 135.0)  # warpAffine's gray border, official BGR (135, 133, 132)
+# MASK_COLORMAP of the paste-back: which of ParseNet's 19 classes count as face (1) or not (0)
+FACE_CLASSES = (0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0)
+SCORE_THRESHOLD = 0.8  # facelib's detect_faces conf_threshold
+EYE_DISTANCE_MIN = 5.0  # video_sr.py: eye_dist_threshold=5
+DETECTOR_MEAN_RGB = (123.0, 117.0, 104.0)  # the detector's mean: padding that becomes zero
+SCALES = (1, 2, 4)
+
+
+class NoFaceError(MediaError):
+    """Super-resolution found no face to restore."""
+
+
+# --- geometry: OpenCV's conventions (pixel centres at integer coordinates) -----------------------
+
+
+def similarity_transform(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Least-squares rotation + uniform scale + translation taking points ``src`` (N, K, 2) to
+    ``dst`` (K, 2): (N, 2, 3) matrices [[a, -b, tx], [b, a, ty]] (what
+    ``cv2.estimateAffinePartial2D`` fits)."""
+    n, k, _ = src.shape
+    x, y = src[..., 0].double(), src[..., 1].double()
+    one, zero = torch.ones_like(x), torch.zeros_like(x)
+    rows_x = torch.stack([x, -y, one, zero], dim=-1)  # u = a x - b y + tx
+    rows_y = torch.stack([y, x, zero, one], dim=-1)  # v = b x + a y + ty
+    a = torch.cat([rows_x, rows_y], dim=1)  # (N, 2K, 4)
+    b = torch.cat([dst[:, 0], dst[:, 1]]).double().expand(n, 2 * k)[..., None]
+    p = torch.linalg.solve(a.transpose(1, 2) @ a, a.transpose(1, 2) @ b)[..., 0]  # (N, 4)
+    a_, b_, tx, ty = p.unbind(-1)
+    m = torch.stack([torch.stack([a_, -b_, tx], -1), torch.stack([b_, a_, ty], -1)], dim=1)
+    return m.to(src.dtype)
+
+
+def invert_affine(m: torch.Tensor) -> torch.Tensor:
+    """(N, 2, 3) -> the inverse maps (``cv2.invertAffineTransform``)."""
+    lin = torch.linalg.inv(m[..., :2].double())
+    return torch.cat([lin, -(lin @ m[..., 2:].double())], dim=-1).to(m.dtype)
+
+
+def warp_affine(
+    image: torch.Tensor, m: torch.Tensor, size: tuple[int, int], border: float | tuple = 0.0
+) -> torch.Tensor:
+    """``cv2.warpAffine(image, m, (w, h))`` for a batch: (N, C, H, W) -> (N, C, h, w) with
+    out(p) = image(m^-1 p), bilinear, constant ``border`` (a value or one per channel)."""
+    n, c, hi, wi = image.shape
+    h, w = size
+    inv = invert_affine(m).to(image.dtype)
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=image.dtype, device=image.device),
+        torch.arange(w, dtype=image.dtype, device=image.device),
+        indexing="ij",
+    )
+    pts = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(1, -1, 3)  # (1, hw, 3)
+    src = pts @ inv.transpose(1, 2)  # (N, hw, 2) source pixel coordinates
+    grid = torch.stack([(2 * src[..., 0] + 1) / wi - 1, (2 * src[..., 1] + 1) / hi - 1], dim=-1)
+    fill = torch.as_tensor(border, dtype=image.dtype, device=image.device).reshape(1, -1, 1, 1)
+    out = F.grid_sample(
+        image - fill, grid.reshape(n, h, w, 2), "bilinear", "zeros", align_corners=False
+    )
+    return out + fill  # zeros padding of (image - border), shifted back: a constant border
+
+
+def erode(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """``cv2.erode`` with a k x k box (anchor at k // 2; the image border does not erode)."""
+    if k <= 1:
+        return mask
+    a = k // 2
+    padded = F.pad(mask, (a, k - 1 - a, a, k - 1 - a), value=float("inf"))
+    return -F.max_pool2d(-padded, k, stride=1)
+
+
+def gaussian_blur(x: torch.Tensor, k: int, sigma: float = 0.0) -> torch.Tensor:
+    """``cv2.GaussianBlur(x, (k, k), sigma)``: separable, BORDER_REFLECT_101; sigma <= 0 takes
+    OpenCV's default from k."""
+    if k <= 1:
+        return x
+    if sigma <= 0:
+        sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
+    r = torch.arange(k, dtype=torch.float64, device=x.device) - (k - 1) / 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    g = (g / g.sum()).to(x.dtype)
+    c = x.shape[1]
+    pad = k // 2
+    x = F.pad(x, (pad, pad, 0, 0), mode="reflect")
+    x = F.conv2d(x, g.reshape(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+    x = F.pad(x, (0, 0, pad, pad), mode="reflect")
+    return F.conv2d(x, g.reshape(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize (antialiased when shrinking); a no-op at the same size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2]
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=shrink)
+
+
+def _odd(x: float) -> int:
+    k = max(1, int(round(x)))
+    return k if k % 2 else k + 1
+
+
+# --- the streamed super-resolver ----------------------------------------------------------------
+
+
+class SuperResolver:
+    """``push(pixels)`` frames in, upscaled frames out; ``flush()`` after the last frame.
+
+    ``session``: anything with ``run(name, **inputs)`` and ``spec(name)`` holding the four SR
+    engines (``engines.session.Session``). Frames are (N, 3, H, W) in [-1, 1] on any device;
+    outputs are (n, H * scale, W * scale, 3) uint8 on the session's device.
+    """
+
+    def __init__(
+        self,
+        session,
+        height: int,
+        width: int,
+        scale: int = 4,
+        fidelity: float = 0.5,
+    ):
+        if scale not in SCALES:
+            raise ValueError(f"--upscale {scale}: must be one of {SCALES}")
+        if not 0.0 <= fidelity <= 1.0:
+            raise ValueError(f"--fidelity {fidelity}: must lie in [0, 1]")
+        self.session, self.scale, self.fidelity = session, scale, fidelity
+        self.height, self.width = height, width
+        rest = session.spec("face_restorer")
+        self.window = rest.profiles["sr_new"][2]
+        ctx = rest.inputs[1].dims  # (C, emb, 16, 16)
+        self.overlap = int(ctx[0])
+        self.face = int(rest.inputs[0].dims[-1])
+        self.detect = int(session.spec("face_detector").inputs[0].dims[-1])
+        bg = session.spec("bg_upsampler")
+        lo, hi = bg.profiles["height"][0], bg.profiles["height"][2]
+        for what, side in (("frames", max(height, width)), ("frames", min(height, width))):
+            if not lo <= side <= hi:
+                raise MediaError(
+                    f"the bg_upsampler engine takes images of {lo}..{hi} px; these {what} are "
+                    f"{width}x{height}: export the SR engines with --size {side}"
+                )
+        self.device = session.device
+        self._context = torch.zeros(tuple(int(d) for d in ctx), device=self.device)
+        self._valid = torch.zeros(self.overlap, device=self.device)
+        self._pending: list[torch.Tensor] = []
+        self._landmarks: torch.Tensor | None = None  # last known (5, 2), frame pixels
+        self._first = True
+        self.frames_in = self.frames_out = 0
+        self.frames_without_face = 0
+        t = torch.tensor(TEMPLATE_512, dtype=torch.float32) * (self.face / 512.0)
+        self._template = t.to(self.device)
+        self._face_classes = torch.tensor(FACE_CLASSES, dtype=torch.float32, device=self.device)
+
+    # -- streaming --
+
+    def push(self, pixels: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Queue frames (N, 3, H, W) in [-1, 1]; yields every window that is now complete."""
+        if tuple(pixels.shape[-2:]) != (self.height, self.width):
+            raise ValueError(
+                f"frames are {tuple(pixels.shape[-2:])}, the resolver was made for "
+                f"{(self.height, self.width)}"
+            )
+        frames = (pixels.to(self.device, torch.float32) / 2 + 0.5).clamp(0, 1)
+        self._pending.extend(frames.unbind(0))
+        self.frames_in += frames.shape[0]
+        while len(self._pending) >= self._need():
+            n = self._need()
+            batch, self._pending = self._pending[:n], self._pending[n:]
+            yield self._run_window(torch.stack(batch))
+
+    def flush(self) -> Iterator[torch.Tensor]:
+        """The last, possibly shorter, window."""
+        if self._pending:
+            batch, self._pending = self._pending, []
+            yield self._run_window(torch.stack(batch))
+
+    def _need(self) -> int:
+        return self.window if self._first else self.window - self.overlap
+
+    # -- one window --
+
+    def _run_window(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (n, 3, H, W) in [0, 1], new to this window -> (n, sH, sW, 3) uint8."""
+        marks = self._find_landmarks(frames)  # (n, 5, 2)
+        to_face = similarity_transform(marks, self._template)  # frame -> crop
+        border = torch.tensor(BORDER_RGB, device=self.device) / 255.0
+        crops = warp_affine(frames, to_face, (self.face, self.face), tuple(border.tolist()))
+        out = self.session.run(
+            "face_restorer",
+            faces=crops * 2 - 1,
+            context=self._context,
+            context_valid=self._valid,
+            fidelity=torch.tensor([self.fidelity]),
+        )
+        restored = out["restored"].float().clone()
+        feats = torch.cat([self._context, out["features"].float()])[-self.overlap :]
+        valid = torch.cat([self._valid, torch.ones(frames.shape[0], device=self.device)])
+        self._context, self._valid = feats.clone(), valid[-self.overlap :].clone()
+        self._first = False
+        result = torch.stack(
+            [self._paste(frames[i], restored[i], to_face[i]) for i in range(frames.shape[0])]
+        )
+        self.frames_out += frames.shape[0]
+        return result
+
+    def _find_landmarks(self, frames: torch.Tensor) -> torch.Tensor:
+        found: list[torch.Tensor | None] = [self._detect(f) for f in frames]
+        if self._landmarks is None and all(f is None for f in found):
+            raise NoFaceError(
+                f"no face was found in frames 0-{frames.shape[0] - 1}: face restoration needs "
+                f"a visible face (RetinaFace score > {SCORE_THRESHOLD}); upscale without "
+                "restoration is not offered, check that this is a portrait video"
+            )
+        first = next(f for f in found if f is not None) if self._landmarks is None else None
+        out = []
+        for f in found:
+            if f is None:
+                self.frames_without_face += 1
+                f = self._landmarks if self._landmarks is not None else first
+            self._landmarks = f
+            out.append(f)
+        return torch.stack(out)
+
+    def _detect(self, frame: torch.Tensor) -> torch.Tensor | None:
+        """The best face's 5 landmarks (5, 2) in frame pixels, or None."""
+        h, w = frame.shape[-2:]
+        s = self.detect / max(h, w)
+        rh, rw = round(h * s), round(w * s)
+        img = F.interpolate(frame[None], size=(rh, rw), mode="bilinear", align_corners=False)
+        if (rh, rw) != (self.detect, self.detect):
+            fill = torch.tensor(DETECTOR_MEAN_RGB, device=img.device).reshape(1, 3, 1, 1) / 255
+            canvas = fill.expand(1, 3, self.detect, self.detect).clone()
+            canvas[..., :rh, :rw] = img
+            img = canvas
+        out = self.session.run("face_detector", image=img)
+        scores = out["scores"][0].float()
+        points = out["landmarks"][0].float().reshape(-1, 5, 2) / s
+        eyes = (points[:, 0] - points[:, 1]).norm(dim=-1)
+        ok = (scores > SCORE_THRESHOLD) & (eyes >= EYE_DISTANCE_MIN)
+        if not bool(ok.any()):  # one host sync per frame
+            return None
+        return points[torch.where(ok, scores, -1.0).argmax()]
+
+    def _upsample(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """RealESRGAN x2 (clamped as RealESRGANer does), then resized to ``size``."""
+        up = self.session.run("bg_upsampler", image=image[None])["upscaled"].float()
+        return resize(up.clamp(0, 1), size)
+
+    def _paste(self, frame: torch.Tensor, restored: torch.Tensor, to_face: torch.Tensor):
+        """One frame: upsample background and restored face, blend the face back with the
+        official masks; -> (sH, sW, 3) uint8."""
+        s, f = self.scale, self.face
+        size = (self.height * s, self.width * s)
+        bg = self._upsample(frame, size)  # (1, 3, sH, sW)
+        face_up = self._upsample((restored / 2 + 0.5).clamp(0, 1), (f * s, f * s))
+        inv = invert_affine(to_face[None])  # crop -> frame
+        inv_up = torch.cat([inv[..., :2], inv[..., 2:] * s], dim=-1)  # upscaled crop -> output
+        pasted = warp_affine(face_up, inv_up, size)
+        square = torch.ones(1, 1, f * s, f * s, device=self.device)
+        inside = erode(warp_affine(square, inv_up, size), 2 * s)
+        edge = int(float(inside.sum()) ** 0.5) // 20
+        soft = gaussian_blur(erode(inside, 2 * edge), 2 * edge + 1)
+        soft = torch.minimum(soft, self._parse_mask(restored, inv_up, size))
+        out = soft * (inside * pasted) + (1 - soft) * bg
+        return (out[0] * 255).clamp(0, 255).floor().to(torch.uint8).permute(1, 2, 0)
+
+    def _parse_mask(self, restored: torch.Tensor, inv_up: torch.Tensor, size) -> torch.Tensor:
+        """ParseNet face classes, blurred twice (101 px, sigma 11 at 512), a 10 px border
+        cleared, scaled to the upsampled crop and warped into the output frame."""
+        f, s = self.face, self.scale
+        logits = self.session.run("face_parser", face=restored[None])["parsing"]
+        mask = self._face_classes[logits.float().argmax(1)][:, None]  # (1, 1, f, f) in {0, 1}
+        k, sigma, edge = _odd(101 * f / 512), 11 * f / 512, max(1, round(10 * f / 512))
+        mask = gaussian_blur(gaussian_blur(mask, k, sigma), k, sigma)
+        keep = torch.zeros_like(mask)
+        keep[..., edge:-edge, edge:-edge] = 1
+        mask = F.interpolate(mask * keep, size=(f * s, f * s), mode="bilinear", align_corners=False)
+        return warp_affine(mask, inv_up, size)
+
+
+def windows(total: int, window: int = 16, overlap: int = 4) -> list[tuple[int, int]]:
+    """The official ``video_sr.py`` windows [start, end) over ``total`` frames (its loop, minus
+    the dropped last frame): the first ``window`` frames, then steps of ``window - overlap``."""
+    out, i, j = [], 0, 0
+    while i < total and j < total:
+        j = min(i + window, total)
+        out.append((i, j))
+        i = j - overlap
+    return out
