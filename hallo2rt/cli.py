@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "export": "export every engine's graph to ONNX from a checkpoint tree",
     "build": "build TensorRT / ONNX Runtime engines from exported ONNX",
     "generate": "animate a portrait from driving audio into an MP4 (PyTorch backend)",
+    "upscale": "restore faces and upscale an existing video x2 / x4 (Hallo2's high resolution)",
     "bench": "measure frames per second and per-stage latency",
     "demo": "run the whole pipeline on tiny random weights and bundled media (no downloads)",
     "doctor": "report what this machine can run (GPU, CUDA, TensorRT, ONNX Runtime)",
@@ -60,6 +61,47 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="precision of the image path (fp16 needs a GPU)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _add_engine_sources(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="the official pretrained_models/ folder: the weights (PyTorch path), and the "
+        "face-analysis / vocal-separation models when those are needed",
+    )
+    p.add_argument(
+        "--engines",
+        type=Path,
+        help="engines built by `hallo2rt build` (any backend): run on them instead of "
+        "the PyTorch modules",
+    )
+    p.add_argument(
+        "--engine",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="take engine NAME from another build directory (e.g. "
+        "audio_encoder=ort-engines/ next to a TensorRT --engines); repeatable",
+    )
+
+
+def _add_sr_options(p: argparse.ArgumentParser, default_scale: int) -> None:
+    p.add_argument(
+        "--upscale",
+        type=int,
+        choices=(1, 2, 4),
+        default=default_scale,
+        help="output size factor through face restoration + RealESRGAN (4: 512 -> 2048, the "
+        "official '4K')"
+        + ("; 1: no super-resolution" if default_scale == 1 else "; 1: restore faces only"),
+    )
+    p.add_argument(
+        "--fidelity",
+        type=float,
+        default=0.5,
+        help="CodeFormer's w: 0 favours quality, 1 fidelity to the input face",
+    )
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
@@ -149,26 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=fmt)
         if name == "generate":
-            p.add_argument(
-                "--checkpoints",
-                type=Path,
-                help="the official pretrained_models/ folder: the weights (PyTorch path), and the "
-                "face-analysis / vocal-separation models when those are needed",
-            )
-            p.add_argument(
-                "--engines",
-                type=Path,
-                help="engines built by `hallo2rt build` (any backend): run on them instead of "
-                "the PyTorch modules",
-            )
-            p.add_argument(
-                "--engine",
-                action="append",
-                default=[],
-                metavar="NAME=DIR",
-                help="take engine NAME from another build directory (e.g. "
-                "audio_encoder=ort-engines/ next to a TensorRT --engines); repeatable",
-            )
+            _add_engine_sources(p)
             p.add_argument(
                 "--no-cuda-graph",
                 action="store_true",
@@ -214,7 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="isolate the voice with audio_separator/Kim_Vocal_2.onnx first",
             )
+            _add_sr_options(p, default_scale=1)
             _add_run_options(p)
+        elif name == "upscale":
+            _add_engine_sources(p)
+            p.add_argument("--in", dest="src", required=True, type=Path, help="input video")
+            p.add_argument("--out", required=True, type=Path, help="output .mp4")
+            _add_sr_options(p, default_scale=4)
+            p.add_argument(
+                "--device",
+                default="auto",
+                help="cpu or cuda[:N] (auto: cpu for --checkpoints, the engines' device)",
+            )
+            p.add_argument(
+                "--dtype", choices=("fp32", "fp16"), default="fp32", help="with --checkpoints"
+            )
+            p.add_argument("--quiet", action="store_true", help="no progress line")
         elif name == "export":
             _add_checkpoints(p)
             p.add_argument("--out", required=True, type=Path, help="engine directory to write")
@@ -310,8 +348,9 @@ def _vocal_separator(args: argparse.Namespace):
     return lambda wave: separate_vocals(wave, args.checkpoints)
 
 
-def _session(args: argparse.Namespace):
-    """The engines of this run: built ones (--engines) or the PyTorch modules (--checkpoints)."""
+def _session(args: argparse.Namespace, generation: bool = True, upscale: bool = False):
+    """The engines of this run: built ones (--engines) or the PyTorch modules (--checkpoints);
+    those of a generation and/or those of super-resolution."""
     overrides = {}
     for item in args.engine:
         name, sep, directory = item.partition("=")
@@ -325,9 +364,11 @@ def _session(args: argparse.Namespace):
                 "were exported and built with (hallo2rt export --precision / build --fp16)"
             )
         from hallo2rt.engines.session import Session
+        from hallo2rt.engines.spec import GENERATION, SUPER_RESOLUTION
 
         device = None if args.device == "auto" else args.device
-        return Session.open(args.engines, device, overrides)
+        names = (GENERATION if generation else ()) + (SUPER_RESOLUTION if upscale else ())
+        return Session.open(args.engines, device, overrides, names)
     if overrides:
         raise ValueError("--engine NAME=DIR needs --engines")
     if args.checkpoints is None:
@@ -336,7 +377,13 @@ def _session(args: argparse.Namespace):
 
     device = "cpu" if args.device == "auto" else args.device
     return load_torch_session(
-        args.checkpoints, device, args.dtype == "fp16", args.size or 512, args.frames
+        args.checkpoints,
+        device,
+        args.dtype == "fp16",
+        getattr(args, "size", None) or 512,
+        getattr(args, "frames", 16),
+        generation,
+        upscale,
     )
 
 
@@ -368,7 +415,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         embedding = emb if embedding is None else embedding
         if face_box is None:
             face_box, lip_box = box, lip_box or lips
-    session = _session(args)
+    session = _session(args, upscale=args.upscale != 1)
     if not args.quiet:  # say which step loop ran (CUDA graph or per-step launches) and why
         logging.getLogger("hallo2rt.runtime.pipeline").setLevel(logging.INFO)
     with session:
@@ -387,8 +434,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
             separate=separate,
             cuda_graph=not args.no_cuda_graph,
             keep_partial=args.keep_partial,
+            upscale=args.upscale,
+            fidelity=args.fidelity,
         )
     print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from hallo2rt.runtime.sr import upscale_video
+    from hallo2rt.runtime.video import VideoReader
+
+    if args.engines is None:  # PyTorch modules: shapes from the video (engines fix their own)
+        with VideoReader(args.src) as reader:
+            args.size = -(-max(reader.height, reader.width) // 64) * 64
+    session = _session(args, generation=False, upscale=True)
+    tty = sys.stderr.isatty()
+
+    def show(done: int, total: int) -> None:
+        of = f"/{total}" if total else ""
+        print(f"\rupscaled {done}{of} frames", end="", file=sys.stderr, flush=True)
+
+    with session:
+        out = upscale_video(
+            session,
+            args.src,
+            args.out,
+            args.upscale,
+            args.fidelity,
+            None if args.quiet or not tty else show,
+        )
+    print(("\n" if tty and not args.quiet else "") + f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -616,6 +692,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "generate": cmd_generate,
+    "upscale": cmd_upscale,
     "demo": cmd_demo,
     "export": cmd_export,
     "build": cmd_build,

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from ..engines.bank import reference_token_rows
+from ..engines.manifest import EngineError
 from ..engines.session import Session
+from ..engines.spec import SUPER_RESOLUTION
 from .audio import (
     AudioStream,
     StreamedFeatures,
@@ -34,6 +36,7 @@ from .audio import (
 from .media import MediaError
 from .portrait import Box, Portrait, build_portrait, load_image
 from .sampler import ddim_schedule
+from .sr import SuperResolver
 from .steploop import StepLoop
 from .video import ClipWriter, VideoWriter, host_frames
 
@@ -232,12 +235,16 @@ def generate_video(
     separate: Callable[[np.ndarray], np.ndarray] | None = None,
     cuda_graph: bool = True,
     keep_partial: bool = False,
+    upscale: int = 1,
+    fidelity: float = 0.5,
 ) -> Path:
     """Portrait + driving audio -> MP4 at ``out`` with the audio muxed. Inputs are all read and
     checked before the output is opened; the file appears only when complete (``keep_partial``:
     on an error or interrupt, the clips finished so far are kept as a playable file). ``separate``
     ((2, n) 44.1 kHz -> vocals) isolates the voice before the audio features are computed.
-    ``session`` must be open (``with session:``)."""
+    ``upscale`` 2 or 4 streams every clip through face restoration (CodeFormer ``fidelity``) and
+    background upsampling (``runtime.sr``) to a video ``upscale`` times the size; the session
+    must then hold the super-resolution engines. ``session`` must be open (``with session:``)."""
     if np.size(embedding) != session.embedding_dim:
         raise MediaError(
             f"the face embedding has {np.size(embedding)} values; this model "
@@ -246,6 +253,14 @@ def generate_video(
     rgb = load_image(image)
     portrait = build_portrait(rgb, size, face_box, embedding, lip_box, face_expand_ratio)
     _check_shapes(session, portrait, cfg)  # before any model work
+    sr = None
+    if upscale != 1:
+        if not session.upscales:
+            raise EngineError(
+                f"--upscale {upscale} needs the super-resolution engines {list(SUPER_RESOLUTION)}"
+                " in the session: export and build them too (they are part of a full export)"
+            )
+        sr = SuperResolver(session, size, size, upscale, fidelity)  # checks sizes, no work
 
     def encode(x: torch.Tensor, n: int) -> torch.Tensor:
         feats = session.run("audio_encoder", waveform=x)["features"]  # (1, ceil(S/640), L, C)
@@ -286,11 +301,21 @@ def generate_video(
         report(done[0] // cfg.steps)
 
     try:
-        writer = VideoWriter(out, size, size, cfg.fps, audio=native, max_frames=audio_length)
+        side = size * upscale
+        writer = VideoWriter(out, side, side, cfg.fps, audio=native, max_frames=audio_length)
         sink = ClipWriter(writer)  # converts and encodes while the next clip denoises
         try:
+            sent = 0
             for clip in generate(session, portrait, features, cfg, on_step, cuda_graph):
-                sink.put(clip.pixels, clip.ready)
+                if sr is None:
+                    sink.put(clip.pixels, clip.ready)
+                    continue
+                pixels = clip.pixels[: audio_length - sent]  # no SR for frames cut anyway
+                sent += pixels.shape[0]
+                for frames in sr.push(pixels):
+                    sink.put(frames)
+            for frames in sr.flush() if sr is not None else ():
+                sink.put(frames)
         except BaseException:
             if keep_partial and sink.clips_put:
                 sink.close(trim_audio=True)  # what was generated, audio cut with the video

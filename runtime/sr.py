@@ -26,7 +26,8 @@ and what differs:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -332,3 +333,53 @@ def windows(total: int, window: int = 16, overlap: int = 4) -> list[tuple[int, i
         out.append((i, j))
         i = j - overlap
     return out
+
+
+def upscale_video(
+    session,
+    src: str | Path,
+    out: str | Path,
+    scale: int = 4,
+    fidelity: float = 0.5,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """An existing video -> ``out``, ``scale`` times the size, every frame kept, its audio
+    muxed back. Streamed: one window of frames in memory; the file appears only when complete.
+    ``progress(frames_done, frames_total)`` (total 0 when the container does not say)."""
+    from .audio import AudioStream
+    from .video import ClipWriter, VideoReader, VideoWriter
+
+    reader = VideoReader(src)
+    audio = None
+    try:
+        sr = SuperResolver(session, reader.height, reader.width, scale, fidelity)
+        audio = AudioStream(src) if reader.has_audio else None
+        h, w = reader.height * scale, reader.width * scale
+        sink = ClipWriter(VideoWriter(out, w, h, reader.fps, audio=audio))
+        try:
+            for batch in reader.batches(sr.window):
+                pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1
+                for frames in sr.push(pixels):
+                    sink.put(frames)
+                    if progress:
+                        progress(sr.frames_out, reader.frames)
+            for frames in sr.flush():
+                sink.put(frames)
+            if progress:
+                progress(sr.frames_out, reader.frames)
+        except BaseException:
+            sink.abort()
+            raise
+        sink.close()
+    finally:
+        reader.close()
+        if audio is not None:
+            audio.close()
+    if sr.frames_without_face:
+        log.warning(
+            "%d of %d frames had no face detected; they reused the previous frame's landmarks",
+            sr.frames_without_face,
+            sr.frames_out,
+        )
+    log.info("upscaled %d frames x%d into %s", sr.frames_out, scale, out)
+    return Path(out)

@@ -36,7 +36,7 @@ class VideoWriter:
         path: str | Path,
         width: int,
         height: int,
-        fps: int = 25,
+        fps: int | Fraction = 25,
         audio: tuple[np.ndarray, int] | Any | None = None,
         max_frames: int | None = None,
         crf: int = 18,
@@ -76,7 +76,7 @@ class VideoWriter:
                 break
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = self.frames_written
-            frame.time_base = Fraction(1, self.fps)
+            frame.time_base = 1 / Fraction(self.fps)
             self._container.mux(self._video.encode(frame))
             self.frames_written += 1
         self._mux_audio(self.frames_written / self.fps, final=False)
@@ -163,7 +163,8 @@ class _ArraySource:
 
 
 def host_frames(pixels, ready=None) -> np.ndarray:
-    """Decoder output (N, 3, H, W) on any device -> (N, H, W, 3) uint8 on the host.
+    """Decoder output (N, 3, H, W) on any device -> (N, H, W, 3) uint8 on the host; frames
+    that already are (N, H, W, 3) uint8 (super-resolution's output) are only copied.
 
     On a GPU the copy runs on its own stream after ``ready`` (an event recorded when the decode
     was enqueued) into pinned memory, so it overlaps the next clip's denoising instead of
@@ -180,6 +181,8 @@ def host_frames(pixels, ready=None) -> np.ndarray:
             host.copy_(pixels, non_blocking=True)
         stream.synchronize()
         pixels = host
+    if pixels.dtype == torch.uint8:
+        return np.ascontiguousarray(pixels.numpy())
     return to_uint8_frames(pixels)
 
 
@@ -218,7 +221,8 @@ class ClipWriter:
                 self._error = exc
 
     def put(self, pixels, ready=None) -> None:
-        """Queue one clip's decoded pixels (N, 3, H, W) in [-1, 1] (not modified afterwards)."""
+        """Queue one clip's decoded pixels (N, 3, H, W) in [-1, 1], or finished (N, H, W, 3)
+        uint8 frames (not modified afterwards)."""
         if self._error is not None:
             raise self._error
         self._queue.put((pixels, ready))
@@ -239,3 +243,56 @@ class ClipWriter:
         self._cancel = True
         self._join()
         self.writer.abort()
+
+
+class VideoReader:
+    """Sequential decode of a file's first video stream as (n, H, W, 3) uint8 RGB batches.
+
+    Opening checks the file; ``width``, ``height``, ``fps`` (a Fraction) and ``frames`` (the
+    container's count, 0 when unknown) describe it. Only one batch is in memory at a time."""
+
+    def __init__(self, path: str | Path):
+        import av
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MediaError(f"video file {self.path} does not exist")
+        try:
+            self._container = av.open(str(self.path))
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"{self.path} could not be opened as a video ({exc})") from exc
+        if not self._container.streams.video:
+            self._container.close()
+            raise MediaError(f"{self.path} has no video stream")
+        stream = self._container.streams.video[0]
+        self._stream = stream
+        self.width, self.height = stream.codec_context.width, stream.codec_context.height
+        rate = stream.average_rate or stream.base_rate
+        self.fps = Fraction(rate) if rate else Fraction(25)
+        self.frames = int(stream.frames or 0)
+        self.has_audio = bool(self._container.streams.audio)
+
+    def batches(self, n: int = 16):
+        """Yields (<= n, H, W, 3) uint8 arrays until the stream ends."""
+        import av
+
+        batch = []
+        try:
+            for frame in self._container.decode(self._stream):
+                batch.append(frame.to_ndarray(format="rgb24"))
+                if len(batch) == n:
+                    yield np.stack(batch)
+                    batch = []
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"{self.path}: the video could not be decoded ({exc})") from exc
+        if batch:
+            yield np.stack(batch)
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
