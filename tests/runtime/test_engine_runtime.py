@@ -116,6 +116,45 @@ def test_generate_on_engines_writes_every_frame_and_the_audio(ort_dir, torch_dir
     assert frames == math.ceil(seconds * 25)
 
 
+def _probe(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        audio = [(a.rate, float(a.duration * a.time_base)) for a in c.streams.audio]
+        return (v.width, v.height), sum(1 for _ in c.decode(v)), audio
+
+
+def test_generate_upscale_2_and_upscale_an_existing_video_on_engines(ort_dir, tmp_path, capsys):
+    """The SR engines (ONNX Runtime, tiny random weights) end to end: every frame, twice the
+    size, the audio kept; a session without the SR engines says what to build."""
+    seconds = 1.1
+    write_audio(tmp_path / "a.wav", seconds, rate=16000)
+    frames = math.ceil(seconds * 25)
+    big = tmp_path / "big.mp4"
+    argv = _argv(ort_dir, tmp_path, tmp_path / "a.wav", big, "--upscale", "2", "--fidelity", "1")
+    assert main(argv) == 0
+    size, n, audio = _probe(big)
+    assert size == (256, 256) and n == frames and audio and audio[0][0] == 16000
+    small = tmp_path / "small.mp4"
+    assert main(_argv(ort_dir, tmp_path, tmp_path / "a.wav", small)) == 0
+    up = tmp_path / "up.mp4"
+    argv = ["upscale", "--engines", str(ort_dir), "--in", str(small), "--out", str(up)]
+    assert main([*argv, "--upscale", "2", "--quiet"]) == 0
+    size, n, audio = _probe(up)
+    assert size == (256, 256) and n == frames and audio
+    assert abs(audio[0][1] - _probe(small)[2][0][1]) < 0.1
+    # a build without the SR engines
+    partial = tmp_path / "no_sr"
+    partial.mkdir()
+    for name in ("face_detector", "face_parser", "bg_upsampler", "face_restorer"):
+        assert (ort_dir / name).is_dir()
+    for d in ort_dir.iterdir():
+        if d.name not in ("face_detector",):
+            (partial / d.name).symlink_to(d)
+    capsys.readouterr()
+    assert main(["upscale", "--engines", str(partial), "--in", str(small), "--out", str(up)]) == 1
+    assert "face_detector" in capsys.readouterr().err
+
+
 def test_a_run_that_does_not_fit_the_engines_fails_before_writing(ort_dir, tmp_path, capsys):
     write_audio(tmp_path / "a.wav", 0.5)
     out = tmp_path / "o.mp4"
