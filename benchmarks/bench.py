@@ -14,6 +14,10 @@ Timers:
   untimed warm-up clip.
 - stage shares: engine medians times their calls per clip (per-video work spread over the
   clips), plus the measured encode time per clip.
+- super-resolution (``--upscale``): ``SuperResolver`` over ``sr_frames`` frames of the bundled
+  portrait (a real face for real detectors) after one untimed window; frames per second of the
+  whole SR stage (detection to the blended uint8 frame, no encode), and per frame the seconds of
+  each SR engine (device-synchronised around every call) and of the tensor work between them.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ class BenchConfig:
     warmup: int = 2  # untimed calls per engine first
     baseline: bool = False  # also run the official-style loop (needs checkpoint modules)
     cuda_graph: bool = True  # the runtime's step loop (GPU, TensorRT/torch engines)
+    upscale: int = 1  # > 1: also time the super-resolution stage at this factor
+    sr_frames: int = 28  # frames through SR (16 + 12: a first and a steady-state window)
+    sr_only: bool = False  # time only the super-resolution stage (a session of its engines)
+    sr_size: int = 512  # input frame side of an SR-only run (otherwise the generated size)
 
     def __post_init__(self) -> None:
         for name in ("steps", "clips", "repeats"):
@@ -199,6 +207,62 @@ def baseline_only(modules: dict, session: Session, cfg: BenchConfig) -> dict[str
     )
 
 
+class _TimedRuns:
+    """A session proxy that adds up each engine's device-synchronised seconds and calls."""
+
+    def __init__(self, session: Session):
+        self.session, self.device = session, session.device
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def spec(self, name: str):
+        return self.session.spec(name)
+
+    def run(self, name: str, **inputs):
+        _sync(self.device)
+        t0 = time.perf_counter()
+        out = self.session.run(name, **inputs)
+        _sync(self.device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return out
+
+
+def sr_throughput(session: Session, cfg: BenchConfig) -> dict[str, Any]:
+    """The super-resolution stage alone: frames per second and per-stage seconds per frame."""
+    from hallo2rt.runtime.sr import SuperResolver
+
+    size = cfg.sr_size if cfg.sr_only else session.size
+    base = _portrait(size, 512).pixels.to(session.device)  # (1, 3, S, S); the face matters
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((cfg.sr_frames, 3, size, size), generator=g).to(session.device)
+    frames = (base + 0.02 * noise).clamp(-1, 1)  # a moving-noise video of the portrait
+
+    def run(sess, pixels) -> int:
+        sr = SuperResolver(sess, size, size, cfg.upscale, 0.5)
+        n = sum(o.shape[0] for o in sr.push(pixels))
+        return n + sum(o.shape[0] for o in sr.flush())
+
+    with torch.inference_mode():
+        run(session, frames[:16])  # warm-up window
+        timed = _TimedRuns(session)
+        _sync(session.device)
+        start = time.perf_counter()
+        n = run(timed, frames)
+        seconds = time.perf_counter() - start
+    per_frame = {k: v / n for k, v in timed.seconds.items()}
+    per_frame["alignment, masks, blending (tensor ops)"] = seconds / n - sum(per_frame.values())
+    return {
+        "frames": n,
+        "upscale": cfg.upscale,
+        "out_side": size * cfg.upscale,
+        "seconds": seconds,
+        "fps": n / seconds,
+        "seconds_per_frame": per_frame,
+        "calls": timed.calls,
+    }
+
+
 def end_to_end(session: Session, cfg: BenchConfig, workdir: Path) -> dict[str, float]:
     """``generate_video`` with a synthetic tone of ``clips`` clips, to a finished MP4."""
     from hallo2rt.cli import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX
@@ -292,7 +356,11 @@ def environment(session: Session) -> dict[str, Any]:
         cpus=os.cpu_count(),
         driver=_driver() if session.device.type == "cuda" else None,
         engines=session.describe(),
-        shapes={"size": session.size, "frames": session.frames, "motion": session.motion_frames},
+        shapes={
+            "size": getattr(session, "size", None),
+            "frames": getattr(session, "frames", None),
+            "motion": getattr(session, "motion_frames", None),
+        },
     )
     return out
 
@@ -311,6 +379,12 @@ def run_benchmark(
     dev = session.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    if cfg.sr_only:
+        with session:
+            log(f"super-resolution x{cfg.upscale} ...")
+            records.append({"kind": "super_resolution", **sr_throughput(session, cfg), **_SR})
+        records.append(_memory(dev))
+        return records
     with session, tempfile.TemporaryDirectory() as tmp:
         log("engine latencies ...")
         latency = engine_latencies(session, cfg)
@@ -357,6 +431,9 @@ def run_benchmark(
             }
         )
         encode_s = encode_seconds_per_clip(session, Path(tmp))
+        if cfg.upscale > 1:
+            log(f"super-resolution x{cfg.upscale} ...")
+            records.append({"kind": "super_resolution", **sr_throughput(session, cfg), **_SR})
     shares = stage_shares(latency, calls_per_clip(session, cfg, cfg.clips), encode_s)
     records.append(
         {
@@ -380,21 +457,29 @@ def run_benchmark(
             "frames; other shapes report none",
         }
     )
-    records.append(
-        {
-            "kind": "memory",
-            "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "gpu_peak_torch_allocated_mb": (
-                torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
-            ),
-            "gpu_used_mb_at_end": (
-                (lambda f, t: (t - f) / 2**20)(*torch.cuda.mem_get_info(dev))
-                if dev.type == "cuda"
-                else None
-            ),
-        }
-    )
+    records.append(_memory(dev))
     return records
+
+
+_SR = {
+    "timer": "SuperResolver push+flush to uint8 frames after a warm-up window; engines "
+    "device-synchronised per call; no encode"
+}
+
+
+def _memory(dev: torch.device) -> dict[str, Any]:
+    return {
+        "kind": "memory",
+        "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "gpu_peak_torch_allocated_mb": (
+            torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+        ),
+        "gpu_used_mb_at_end": (
+            (lambda f, t: (t - f) / 2**20)(*torch.cuda.mem_get_info(dev))
+            if dev.type == "cuda"
+            else None
+        ),
+    }
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
@@ -404,23 +489,27 @@ def markdown(records: list[dict[str, Any]]) -> str:
     lines = [
         f"Device: {env.get('gpu') or env['machine'] + ' CPU'} ({env['cpus']} CPUs); torch "
         f"{env['torch']}, onnxruntime {env.get('onnxruntime')}, TensorRT {env.get('tensorrt')}; "
-        f"{env['shapes']['size']} px, {env['shapes']['frames']} frames per clip, "
-        f"{cfg['steps']} steps, {cfg['clips']} clips.",
-        "",
-        "| engine | backend | median ms | p90 ms |",
-        "|---|---|---|---|",
+        + (
+            f"super-resolution only, {', '.join(f'{k}: {v}' for k, v in env['engines'].items())}."
+            if cfg.get("sr_only")
+            else f"{env['shapes']['size']} px, {env['shapes']['frames']} frames per clip, "
+            f"{cfg['steps']} steps, {cfg['clips']} clips."
+        ),
     ]
+    if not cfg.get("sr_only"):
+        lines += ["", "| engine | backend | median ms | p90 ms |", "|---|---|---|---|"]
     for r in records:
         if r["kind"] == "engine":
             lines.append(
                 f"| {r['engine']} | {env['engines'][r['engine']]} | "
                 f"{r['median_ms']:.2f} | {r['p90_ms']:.2f} |"
             )
-    lines += [
-        "",
-        "| run | frames | seconds | fps | first clip s | vs baseline |",
-        "|---|---|---|---|---|---|",
-    ]
+    if not cfg.get("sr_only"):
+        lines += [
+            "",
+            "| run | frames | seconds | fps | first clip s | vs baseline |",
+            "|---|---|---|---|---|---|",
+        ]
     for r in records:
         if r["kind"] == "generation":
             ratio = f"{r['speedup']:.2f}x" if "speedup" in r else ""
@@ -433,13 +522,26 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 f"| end to end (MP4, RTF {r['real_time_factor']:.2f}) | {r['frames']} | "
                 f"{r['seconds']:.2f} | {r['fps']:.2f} | {r['first_clip_s']:.2f} | |"
             )
-    stages = next(r for r in records if r["kind"] == "stages")["stages"]
-    lines += ["", "| stage | s per clip | share |", "|---|---|---|"]
-    for k, v in stages.items():
-        lines.append(f"| {k} | {v['seconds_per_clip']:.3f} | {v['share'] * 100:.1f}% |")
-    comp = next(r for r in records if r["kind"] == "compute")
+    for r in records:
+        if r["kind"] == "stages":
+            lines += ["", "| stage | s per clip | share |", "|---|---|---|"]
+            for k, v in r["stages"].items():
+                lines.append(f"| {k} | {v['seconds_per_clip']:.3f} | {v['share'] * 100:.1f}% |")
+        if r["kind"] == "super_resolution":
+            side = r["out_side"] // r["upscale"]
+            lines += [
+                "",
+                f"Super-resolution x{r['upscale']} ({side} -> {r['out_side']} px): "
+                f"{r['fps']:.2f} frames/s over {r['frames']} frames",
+                "",
+                "| SR stage | ms per frame | calls |",
+                "|---|---|---|",
+            ]
+            for k, v in r["seconds_per_frame"].items():
+                lines.append(f"| {k} | {v * 1e3:.1f} | {r['calls'].get(k, '')} |")
+    comp = next((r for r in records if r["kind"] == "compute"), {})
     mem = next(r for r in records if r["kind"] == "memory")
-    if comp["denoiser_tflops_achieved"]:
+    if comp.get("denoiser_tflops_achieved"):
         lines.append(
             f"\ndenoiser_step: {comp['denoiser_tflops_achieved']:.1f} TFLOP/s achieved"
             + (

@@ -1,6 +1,6 @@
 """Peak memory of a generation against the audio's length (issue: flat memory for long audio).
 
-    python -m hallo2rt.benchmarks.memory --seconds 10 60 [--engines DIR] [--steps 2]
+    python -m hallo2rt.benchmarks.memory --seconds 10 60 [--engines DIR] [--steps 2] [--upscale 4]
 
 Each length runs in a fresh process (so one peak does not hide another): the tiny random model
 of ``hallo2rt demo`` (or built engines with ``--engines``), the bundled portrait, a synthetic
@@ -42,12 +42,13 @@ def _write_tone(path: Path, seconds: float, rate: int = 44100) -> None:
         out.mux(stream.encode(None))
 
 
-def child(seconds: float, engines: str | None, steps: int, workdir: Path) -> dict:
+def child(seconds: float, engines: str | None, steps: int, workdir: Path, upscale: int = 1) -> dict:
     """One generation in this process; returns its numbers."""
     import numpy as np
 
     from hallo2rt.cli import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX, _cache_dir, demo_model
     from hallo2rt.engines.session import Session
+    from hallo2rt.engines.spec import GENERATION, SUPER_RESOLUTION
     from hallo2rt.engines.torch_backend import load_torch_session
     from hallo2rt.runtime.pipeline import RunConfig, generate_video
     from hallo2rt.runtime.portrait import parse_box
@@ -55,9 +56,10 @@ def child(seconds: float, engines: str | None, steps: int, workdir: Path) -> dic
     audio = workdir / f"tone-{seconds:g}s.wav"
     _write_tone(audio, seconds)
     if engines:
-        session = Session.open(engines)
+        names = GENERATION + (SUPER_RESOLUTION if upscale > 1 else ())
+        session = Session.open(engines, names=names)
     else:
-        session = load_torch_session(demo_model(_cache_dir()), "cpu", size=64)
+        session = load_torch_session(demo_model(_cache_dir()), "cpu", size=64, upscale=upscale > 1)
     start = time.perf_counter()
     with session:
         out = generate_video(
@@ -70,6 +72,7 @@ def child(seconds: float, engines: str | None, steps: int, workdir: Path) -> dic
             RunConfig(steps=steps, frames=session.frames),
             size=session.size,
             lip_box=parse_box(DEMO_LIP_BOX),
+            upscale=upscale,
         )
     wall = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -87,12 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, nargs="+", default=[10, 60])
     p.add_argument("--engines", help="built engines (default: the demo's tiny torch model)")
     p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--upscale", type=int, choices=(1, 2, 4), default=1, help="through SR too")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     p.add_argument("--child", type=float, help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(child(args.child, args.engines, args.steps, args.workdir)))
+        print(json.dumps(child(args.child, args.engines, args.steps, args.workdir, args.upscale)))
         return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.steps),
                 "--workdir",
                 tmp,
+                "--upscale",
+                str(args.upscale),
             ]
             cmd += ["--engines", args.engines] if args.engines else []
             res = subprocess.run(cmd, capture_output=True, text=True)
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]["peak_rss_mb"]
     print(
         f"model: {args.engines or 'demo tiny torch model, 64 px'}; steps {args.steps}; "
+        f"upscale x{args.upscale}; "
         f"{platform.machine()}, Python {platform.python_version()}"
     )
     print(f"{'audio s':>8} {'frames':>7} {'peak RSS MB':>12} {'vs first':>9} {'generate s':>11}")

@@ -167,6 +167,19 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
         help="also run the official-style eager loop on the same weights (PyTorch paths)",
     )
     p.add_argument("--no-cuda-graph", action="store_true", help="per-step launches")
+    p.add_argument(
+        "--upscale",
+        type=int,
+        choices=(1, 2, 4),
+        default=1,
+        help="also time the super-resolution stage at this factor (its four engines load too)",
+    )
+    p.add_argument(
+        "--sr-only",
+        action="store_true",
+        help="with --upscale: time only super-resolution, of --size frames (no generation "
+        "engines are loaded)",
+    )
     p.add_argument("--json", type=Path, help="write every measurement as JSON lines")
     p.add_argument("--markdown", type=Path, help="write the report's tables")
     p.add_argument("--plot", type=Path, help="write the stage breakdown as a PNG")
@@ -510,7 +523,7 @@ def demo_model(cache: Path) -> Path:
 
     from hallo2rt.export.random_weights import make_random_pretrained
 
-    root = cache / "demo-tiny-v2"  # bump when tiny_config() changes
+    root = cache / "demo-tiny-v3"  # bump when tiny_config() changes
     if (root / "hallo2/net.pth").is_file():
         return root
     cache.mkdir(parents=True, exist_ok=True)
@@ -595,18 +608,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_engines(args: argparse.Namespace, root: Path, shapes, tmp: Path):
-    """Export the generation engines of ``root`` and build them for ``args.backend``."""
+def _bench_engines(args: argparse.Namespace, root: Path, shapes, tmp: Path, names):
+    """Export the engines ``names`` of ``root`` and build them for ``args.backend``."""
     from hallo2rt.engines.build import BuildConfig, build_engines
-    from hallo2rt.engines.session import GENERATION, Session
+    from hallo2rt.engines.session import Session
     from hallo2rt.export.onnx import export_engines
 
     fp16 = args.dtype == "fp16"
     print(f"exporting and building {args.backend} engines ...", file=sys.stderr, flush=True)
-    export_engines(root, tmp / "onnx", GENERATION, shapes, "fp16" if fp16 else "fp32")
+    export_engines(root, tmp / "onnx", names, shapes, "fp16" if fp16 else "fp32")
     config = BuildConfig(args.backend, args.device, fp16=fp16)
-    build_engines(tmp / "onnx", tmp / "engines", config, only=GENERATION)
-    return Session.open(tmp / "engines")
+    build_engines(tmp / "onnx", tmp / "engines", config, only=names)
+    return Session.open(tmp / "engines", names=names)
 
 
 def _place(modules: dict, device: str, fp16: bool) -> None:
@@ -638,7 +651,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         baseline=args.baseline == "official",
         cuda_graph=not args.no_cuda_graph,
+        upscale=args.upscale,
+        sr_only=args.sr_only,
+        sr_size=args.size,
     )
+    from hallo2rt.engines.spec import GENERATION, SUPER_RESOLUTION
+
+    if args.sr_only and (args.upscale == 1 or cfg.baseline or args.plot):
+        raise ValueError("--sr-only needs --upscale 2 or 4, and takes no --baseline or --plot")
+    names = () if args.sr_only else GENERATION
+    names += SUPER_RESOLUTION if args.upscale > 1 else ()
     with tempfile.TemporaryDirectory() as tmp:
         if args.engines is not None:
             if cfg.baseline:
@@ -647,10 +669,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 )
             from hallo2rt.engines.session import Session
 
-            session, modules = Session.open(args.engines), None
+            session, modules = Session.open(args.engines, names=names), None
         else:
             from hallo2rt.engines.torch_backend import session_from_pretrained
-            from hallo2rt.export.checkpoints import GENERATION, load_pretrained
+            from hallo2rt.export.checkpoints import GENERATION as GEN_COMPONENTS
+            from hallo2rt.export.checkpoints import SUPER_RESOLUTION as SR_COMPONENTS
+            from hallo2rt.export.checkpoints import load_pretrained
             from hallo2rt.export.graphs import GraphShapes
 
             root = args.checkpoints
@@ -660,13 +684,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 root = Path(tmp) / "pretrained_models"
                 print(f"writing a {args.random} random tree ...", file=sys.stderr)
                 make_random_pretrained(root, args.random, seed=0)
-            pre = load_pretrained(root, GENERATION)
-            shapes = GraphShapes(size=args.size, frames=args.frames)
+            sr = SR_COMPONENTS if args.upscale > 1 else ()
+            pre = load_pretrained(root, (() if args.sr_only else GEN_COMPONENTS) + sr)
+            kw = {"face_size": pre.config.codeformer.img_size} if sr else {}
+            shapes = GraphShapes(size=args.size, frames=args.frames, **kw)
             fp16 = args.dtype == "fp16"
-            session = session_from_pretrained(pre, shapes, args.device, fp16)
-            modules = pre.modules
+            session = session_from_pretrained(pre, shapes, args.device, fp16, names)
+            modules = {k: v for k, v in pre.modules.items() if k in GEN_COMPONENTS}
             if args.backend != "torch":  # export and build the engines first, then time them
-                session = _bench_engines(args, root, shapes, Path(tmp))
+                session = _bench_engines(args, root, shapes, Path(tmp), names)
                 _place(modules, args.device, fp16)  # the baseline's modules
         records = run_benchmark(
             session, cfg, modules, log=lambda s: print(s, file=sys.stderr, flush=True)

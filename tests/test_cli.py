@@ -47,5 +47,5 @@ def test_demo_runs_anywhere_and_says_the_weights_are_random(tmp_path, capsys):
     assert "RANDOM weights" in err and "hallo2rt generate --checkpoints" in err
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 73  # ceil(2.9 s x 25) of bundled speech
-    assert (tmp_path / "cache" / "demo-tiny-v2" / "hallo2" / "net.pth").is_file()
+    assert (tmp_path / "cache" / "demo-tiny-v3" / "hallo2" / "net.pth").is_file()
     assert main(argv) == 0  # the cached model is reused

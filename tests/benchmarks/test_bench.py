@@ -144,3 +144,23 @@ def test_bench_exports_and_builds_engines_for_a_backend(tmp_path):
     assert set(env["engines"].values()) == {"onnxruntime fp32 cpu"}
     sides = {r["side"] for r in records if r["kind"] == "generation"}
     assert sides == {"hallo2rt", "official-style baseline"}
+
+
+def test_bench_sr_only_reports_the_stage_split(tmp_path, capsys):
+    out = tmp_path / "sr.jsonl"
+    argv = ["bench", "--random", "tiny", "--size", "64", "--upscale", "2", "--sr-only"]
+    assert main([*argv, "--json", str(out)]) == 0
+    records = _records(out)
+    assert [r["kind"] for r in records] == ["config", "environment", "super_resolution", "memory"]
+    sr = records[2]
+    assert sr["frames"] == 28 and sr["out_side"] == 128 and sr["fps"] > 0
+    assert sr["calls"] == {
+        "face_detector": 28,
+        "face_restorer": 2,  # a first window of 16, then 12 new frames
+        "bg_upsampler": 56,  # background and restored face per frame
+        "face_parser": 28,
+    }
+    total = sum(sr["seconds_per_frame"].values()) * sr["frames"]
+    assert total == pytest.approx(sr["seconds"], rel=1e-6)
+    assert "Super-resolution x2 (64 -> 128 px)" in capsys.readouterr().out
+    assert main([*argv[:-3], "--sr-only"]) == 1  # --sr-only without --upscale

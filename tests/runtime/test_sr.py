@@ -24,6 +24,7 @@ from hallo2rt.runtime.sr import (
     erode,
     gaussian_blur,
     invert_affine,
+    paste_face,
     similarity_transform,
     upscale_video,
     warp_affine,
@@ -80,9 +81,17 @@ def test_erode_and_blur_match_opencv_conventions():
     )
 
 
-class _Engine:
-    def __init__(self, spec):
-        self.spec = spec
+@pytest.mark.parametrize("tx", [40.0, -30.0, 500.0])  # inside, over the edge, outside
+def test_pasting_on_the_face_box_alone_equals_pasting_on_the_whole_frame(tx):
+    g = torch.Generator().manual_seed(0)
+    bg = torch.rand(1, 3, 160, 200, generator=g)
+    face = torch.rand(1, 3, 96, 96, generator=g)
+    parse = torch.rand(1, 1, 96, 96, generator=g)
+    inv = _similarity(17.0, 1.1, tx, 30.0)  # crop -> output, rotated
+    full = paste_face(bg, face, parse, inv, 2, roi=False)
+    # equal up to float rounding of the shifted sampling grid (1/255 is 4e-3)
+    torch.testing.assert_close(paste_face(bg, face, parse, inv, 2), full, atol=1e-4, rtol=0)
+    assert not torch.equal(full, bg) or tx == 500.0
 
 
 class StubSession:
@@ -208,6 +217,12 @@ def test_bad_options_and_frame_sizes_are_refused():
         SuperResolver(session, 64, 64, fidelity=1.5)
     with pytest.raises(Exception, match="export the SR engines with --size 512"):
         SuperResolver(session, 512, 512)
+    old = session.specs["face_restorer"]  # an engine exported by an earlier version
+    session.specs["face_restorer"] = EngineSpec(
+        "face_restorer", (old.inputs[0], old.inputs[3]), old.outputs, old.profiles
+    )
+    with pytest.raises(Exception, match="export and build it again"):
+        SuperResolver(session, 64, 64)
 
 
 def test_upscale_video_without_a_face_leaves_no_output(tmp_path):
