@@ -48,7 +48,7 @@ def child(seconds: float, engines: str | None, steps: int, workdir: Path, upscal
 
     from hallo2rt.cli import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX, _cache_dir, demo_model
     from hallo2rt.engines.session import Session
-    from hallo2rt.engines.spec import GENERATION, SUPER_RESOLUTION
+    from hallo2rt.engines.spec import run_engines
     from hallo2rt.engines.torch_backend import load_torch_session
     from hallo2rt.runtime.pipeline import RunConfig, generate_video
     from hallo2rt.runtime.portrait import parse_box
@@ -56,8 +56,7 @@ def child(seconds: float, engines: str | None, steps: int, workdir: Path, upscal
     audio = workdir / f"tone-{seconds:g}s.wav"
     _write_tone(audio, seconds)
     if engines:
-        names = GENERATION + (SUPER_RESOLUTION if upscale > 1 else ())
-        session = Session.open(engines, names=names)
+        session = Session.open(engines, names=run_engines(upscale=upscale > 1))
     else:
         session = load_torch_session(demo_model(_cache_dir()), "cpu", size=64, upscale=upscale > 1)
     start = time.perf_counter()

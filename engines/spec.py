@@ -16,8 +16,10 @@ import torch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 
-# Engines that stay fp32 in an fp16 build: the official keeps wav2vec in fp32 (and it is cheap).
-FP32_ONLY = ("audio_encoder",)
+# Engines that stay fp32 in an fp16 build, as in the official code: wav2vec (cheap), CodeFormer
+# (its top-1 codebook lookup turns small roundings into other codes) and the RetinaFace detector
+# (half=False officially; cheap, and its box exponentials and thresholds are range-sensitive).
+FP32_ONLY = ("audio_encoder", "face_restorer", "face_detector")
 
 # DESIGN.md's engine table, in its order (export, build and the doctor list engines this way).
 ENGINE_NAMES = (
@@ -37,6 +39,11 @@ ENGINE_NAMES = (
 # the engines of --upscale (HALLO2.md §2.8); the others make the 512^2 video
 SUPER_RESOLUTION = ("face_detector", "face_restorer", "bg_upsampler", "face_parser")
 GENERATION = tuple(n for n in ENGINE_NAMES if n not in SUPER_RESOLUTION)
+
+
+def run_engines(generation: bool = True, upscale: bool = False) -> tuple[str, ...]:
+    """The engines a run opens: a generation's, super-resolution's, or both."""
+    return (GENERATION if generation else ()) + (SUPER_RESOLUTION if upscale else ())
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import torch
 
 from .engine import Engine
 from .manifest import EngineError
-from .spec import DTYPES, EngineSpec
+from .spec import DTYPES, FP32_ONLY, EngineSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def build_plan(
         raise ValueError(
             f"--int8 needs compute capability >= 6.1; this GPU is {compute_capability}"
         )
-    strongly_typed = onnx_precision == "fp16" or not (config.fp16 or config.int8 or config.fp8)
+    fp16 = config.fp16 and spec.name not in FP32_ONLY  # those stay fp32 in an fp16 build
+    strongly_typed = onnx_precision == "fp16" or not (fp16 or config.int8 or config.fp8)
     if strongly_typed and onnx_precision == "fp16" and (config.int8 or config.fp8):
         raise ValueError(
             "--int8/--fp8 are weak-typing flags; build them from an fp32 export "
@@ -77,7 +78,7 @@ def build_plan(
         )
     flags = tuple(
         f
-        for f, on in (("FP16", config.fp16), ("INT8", config.int8), ("FP8", config.fp8))
+        for f, on in (("FP16", fp16), ("INT8", config.int8), ("FP8", config.fp8))
         if on and not strongly_typed
     )
     plain_fp32 = onnx_precision == "fp32" and not flags

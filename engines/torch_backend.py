@@ -169,7 +169,7 @@ def load_torch_session(
     from hallo2rt.export.checkpoints import load_pretrained
     from hallo2rt.export.graphs import GraphShapes
 
-    from .spec import GENERATION, SUPER_RESOLUTION
+    from .spec import run_engines
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -183,7 +183,7 @@ def load_torch_session(
             "use --dtype fp32 on the CPU"
         )
     components = (GEN_COMPONENTS if generation else ()) + (SR_COMPONENTS if upscale else ())
-    names = (GENERATION if generation else ()) + (SUPER_RESOLUTION if upscale else ())
+    names = run_engines(generation, upscale)
     pre = load_pretrained(checkpoints, components)
     kw = {"face_size": pre.config.codeformer.img_size} if upscale else {}
     shapes = GraphShapes(size=size, frames=frames, **kw)

@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                 choices=("fp32", "fp16"),
                 default="fp32",
                 help="graph precision; fp16 keeps norms and the AudioProj GEMM in fp32 and the "
-                "audio encoder entirely in fp32",
+                "audio encoder, face restorer and face detector entirely in fp32",
             )
             p.add_argument("--only", help="comma-separated engine names (default: all)")
             p.add_argument("--size", type=int, default=512, help="image side (multiple of 64)")
@@ -377,11 +377,10 @@ def _session(args: argparse.Namespace, generation: bool = True, upscale: bool = 
                 "were exported and built with (hallo2rt export --precision / build --fp16)"
             )
         from hallo2rt.engines.session import Session
-        from hallo2rt.engines.spec import GENERATION, SUPER_RESOLUTION
+        from hallo2rt.engines.spec import run_engines
 
         device = None if args.device == "auto" else args.device
-        names = (GENERATION if generation else ()) + (SUPER_RESOLUTION if upscale else ())
-        return Session.open(args.engines, device, overrides, names)
+        return Session.open(args.engines, device, overrides, run_engines(generation, upscale))
     if overrides:
         raise ValueError("--engine NAME=DIR needs --engines")
     if args.checkpoints is None:
@@ -623,7 +622,7 @@ def _bench_engines(args: argparse.Namespace, root: Path, shapes, tmp: Path, name
 
 
 def _place(modules: dict, device: str, fp16: bool) -> None:
-    """Modules on the device in the run's precision (the audio encoder stays fp32, as official)."""
+    """Modules on the device in the run's precision (FP32_ONLY stay fp32, as officially)."""
     import torch
 
     from hallo2rt.engines.spec import FP32_ONLY
@@ -655,12 +654,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sr_only=args.sr_only,
         sr_size=args.size,
     )
-    from hallo2rt.engines.spec import GENERATION, SUPER_RESOLUTION
+    from hallo2rt.engines.spec import run_engines
 
     if args.sr_only and (args.upscale == 1 or cfg.baseline or args.plot):
         raise ValueError("--sr-only needs --upscale 2 or 4, and takes no --baseline or --plot")
-    names = () if args.sr_only else GENERATION
-    names += SUPER_RESOLUTION if args.upscale > 1 else ()
+    names = run_engines(not args.sr_only, args.upscale > 1)
     with tempfile.TemporaryDirectory() as tmp:
         if args.engines is not None:
             if cfg.baseline:

@@ -319,11 +319,20 @@ def test_trt_plan_profiles_follow_the_spec(tiny_onnx):
     plan = build_plan(spec, cfg, "fp32", "8.9")
     lo, opt, hi = spec.profiles["samples"]
     assert plan.profiles == {"waveform": ((1, lo), (1, opt), (1, hi))}
-    assert not plan.strongly_typed and plan.flags == ("FP16",) and plan.clear_flags == ()
-    assert plan.workspace_bytes == 4 << 30 and plan.precision == "fp16"
+    # the audio encoder and CodeFormer stay fp32 in an fp16 build (FP32_ONLY), as officially
+    assert plan.strongly_typed and plan.flags == () and plan.precision == "fp32"
+    rest = build_plan(_spec(tiny_onnx, "face_restorer"), cfg, "fp32", "8.9")
+    assert rest.flags == () and rest.precision == "fp32" and rest.clear_flags == ("TF32",)
     rows = _spec(tiny_onnx, "reference_unet").profiles["rows"]
     ref = build_plan(_spec(tiny_onnx, "reference_unet"), cfg, "fp32", "8.9")
     assert ref.profiles["latents"][0][0] == rows[0] and ref.profiles["tokens"][2][0] == rows[2]
+    assert not ref.strongly_typed and ref.flags == ("FP16",) and ref.clear_flags == ()
+    assert ref.workspace_bytes == 4 << 30 and ref.precision == "fp16"
+    bg = _spec(tiny_onnx, "bg_upsampler")  # both spatial dims dynamic: frames and face crops
+    h = bg.profiles["height"]
+    assert build_plan(bg, cfg, "fp32", "8.9").profiles == {
+        "image": tuple((1, 3, h[i], h[i]) for i in range(3))
+    }
 
 
 def test_trt_plan_fp16_export_and_quantisation_flags(tiny_onnx):
