@@ -13,13 +13,14 @@ import json
 import logging
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoints import (
+    COMPONENT_FILES,
     FACE_DETECTOR,
     FACE_PARSER,
     NET,
@@ -247,10 +248,13 @@ def make_random_pretrained(
     dtype: torch.dtype = torch.float32,
     include_unused: bool | None = None,
     legacy_vae_names: bool | None = None,
+    only: Iterable[str] | None = None,
 ) -> ModelConfig:
     """Write a complete official-layout tree of seeded random weights under ``root``.
 
     ``size``: "tiny" (seconds on CPU) or "full" (the released shapes, ~12 GB in fp32).
+    ``only``: write just the weight files these components read (e.g. the super-resolution
+    ones: 0.6 GB at full size); the small config files are always written.
     Each tensor is drawn from its own generator seeded by (seed, file, key), so a key's values
     do not depend on which other files are written. Returns the ModelConfig written.
     """
@@ -265,7 +269,10 @@ def make_random_pretrained(
     _write_json(root / VAE_DIR / "config.json", cfg.vae.to_json())
     _write_json(root / WAV2VEC_DIR / "config.json", cfg.wav2vec.to_json())
     _write_json(root / WAV2VEC_DIR / "preprocessor_config.json", WAV2VEC_PREPROCESSOR)
+    wanted = None if only is None else {f for c in only for f in COMPONENT_FILES[c]}
     for spec in official_layout(cfg, legacy_vae_names=legacy, include_unused=include_unused):
+        if wanted is not None and not any(spec.path.startswith(f) for f in wanted):
+            continue
         sd = {}
         for key, shape in spec.shapes.items():
             gen = torch.Generator().manual_seed(_key_seed(seed, spec.path, key))

@@ -235,16 +235,17 @@ def test_upscale_video_without_a_face_leaves_no_output(tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".out.mp4*"))
 
 
-def test_upscale_video_keeps_every_frame(tmp_path):
+@pytest.mark.parametrize("scale", [2, 4])
+def test_upscale_video_keeps_every_frame(tmp_path, scale):
     av = pytest.importorskip("av")
     from .media_helpers import write_silent_video
 
     write_silent_video(tmp_path / "in.mp4", frames=23, size=64)
     session = StubSession(_landmarks_for(_similarity(0, 1, -32, -32), 64))
-    out = upscale_video(session, tmp_path / "in.mp4", tmp_path / "out.mp4", scale=2)
+    out = upscale_video(session, tmp_path / "in.mp4", tmp_path / "out.mp4", scale=scale)
     with av.open(str(out)) as c:
         v = c.streams.video[0]
-        assert (v.width, v.height) == (128, 128) and not c.streams.audio
+        assert (v.width, v.height) == (64 * scale, 64 * scale) and not c.streams.audio
         assert sum(1 for _ in c.decode(v)) == 23
     assert [n for n, _, _ in session.calls] == [16, 7]
 
