@@ -35,8 +35,7 @@ class Session:
     ):
         missing = [n for n in require if n not in engines]
         if missing:
-            what = "super-resolution" if set(require) <= set(SUPER_RESOLUTION) else "generation"
-            raise EngineError(f"a {what} session needs the engines {missing} as well")
+            raise EngineError(f"this run needs the engines {missing} as well")
         self.engines, self.device = engines, torch.device(device)
         self._entered = False
         if all(n in engines for n in GENERATION):
