@@ -316,6 +316,13 @@ def generate_video(
                     sink.put(frames)
             for frames in sr.flush() if sr is not None else ():
                 sink.put(frames)
+            if sr is not None and sr.frames_without_face:
+                log.warning(
+                    "super-resolution: %d of %d frames had no face detected and reused the "
+                    "previous frame's landmarks",
+                    sr.frames_without_face,
+                    sr.frames_out,
+                )
         except BaseException:
             if keep_partial and sink.clips_put:
                 sink.close(trim_audio=True)  # what was generated, audio cut with the video
