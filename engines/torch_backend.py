@@ -134,12 +134,12 @@ def session_from_pretrained(
 ):
     """A ``Session`` of torch engines ``names`` (default: generation) over loaded checkpoints
     (no build step)."""
-    from hallo2rt.export.graphs import build_graph
+    from hallo2rt.export.graphs import build_graph, fit_shapes
 
     from .session import GENERATION, Session
 
     names = names or GENERATION
-
+    shapes = fit_shapes(shapes, pre)
     device = torch.device(device)
     engines = {
         name: TorchEngine.from_graph(
@@ -185,6 +185,5 @@ def load_torch_session(
     components = (GEN_COMPONENTS if generation else ()) + (SR_COMPONENTS if upscale else ())
     names = run_engines(generation, upscale)
     pre = load_pretrained(checkpoints, components)
-    kw = {"face_size": pre.config.codeformer.img_size} if upscale else {}
-    shapes = GraphShapes(size=size, frames=frames, **kw)
+    shapes = GraphShapes(size=size, frames=frames)
     return session_from_pretrained(pre, shapes, dev, fp16, names)

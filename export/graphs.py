@@ -7,6 +7,7 @@ and a maker of valid random inputs (export example and parity feed).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -201,6 +202,13 @@ class DenoiserStepGraph(nn.Module):
         )
         v = v[:1] + cfg_scale * (v[1:] - v[:1])
         return (coef[0] * latents + coef[1] * v,)
+
+
+def fit_shapes(shapes: GraphShapes, pre: Pretrained) -> GraphShapes:
+    """``shapes`` with the face crop side of the loaded CodeFormer (when it is loaded)."""
+    if pre.config.codeformer is None:
+        return shapes
+    return dataclasses.replace(shapes, face_size=pre.config.codeformer.img_size)
 
 
 def build_graph(name: str, pre: Pretrained, shapes: GraphShapes = GraphShapes()) -> Graph:
@@ -436,9 +444,9 @@ class FaceDetectorGraph(nn.Module):
 
 
 def _face_detector(pre: Pretrained, s: GraphShapes) -> Graph:
-    net = pre["face_detector"]
     d = s.detect_size
-    anchors = net.priors(d, d).shape[0]
+    graph = FaceDetectorGraph(pre["face_detector"], d)
+    anchors = graph.priors.shape[0]
     spec = EngineSpec(
         "face_detector",
         (_t("image", 1, 3, d, d, values=(0.0, 1.0)),),
@@ -450,7 +458,7 @@ def _face_detector(pre: Pretrained, s: GraphShapes) -> Graph:
         notes="RetinaFace-R50 on one frame resized to the input side; boxes and 5 landmarks "
         "(x, y) in input pixels per anchor, face score per anchor; selection outside.",
     )
-    return Graph(spec, FaceDetectorGraph(net, d), lambda z, g: (_rand(g, 1, 3, d, d),))
+    return Graph(spec, graph, lambda z, g: (_rand(g, 1, 3, d, d),))
 
 
 def _face_restorer(pre: Pretrained, s: GraphShapes) -> Graph:

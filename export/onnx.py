@@ -34,7 +34,7 @@ from ..engines.parity import (  # noqa: F401  (ParityError: part of this module'
 )
 from ..engines.spec import FP32_ONLY, EngineSpec
 from .checkpoints import load_pretrained
-from .graphs import ENGINE_COMPONENTS, ENGINES, Graph, GraphShapes, build_graph
+from .graphs import ENGINE_COMPONENTS, ENGINES, Graph, GraphShapes, build_graph, fit_shapes
 
 log = logging.getLogger(__name__)
 
@@ -276,8 +276,7 @@ def export_engines(
         raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
     components = dict.fromkeys(c for n in names for c in ENGINE_COMPONENTS[n])
     pre = load_pretrained(checkpoints, components)
-    if pre.config.codeformer is not None:  # the face crop side is the restorer's
-        shapes = dataclasses.replace(shapes, face_size=pre.config.codeformer.img_size)
+    shapes = fit_shapes(shapes, pre)  # the face crop side is the restorer's
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shared = {

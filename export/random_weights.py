@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.sr import TEMPLATE_512  # where the runtime aligns faces to
 from .checkpoints import (
     COMPONENT_FILES,
     FACE_DETECTOR,
@@ -302,16 +303,6 @@ def _save(path: Path, spec: FileSpec, sd: dict[str, torch.Tensor]) -> None:
     tmp.replace(path)
 
 
-# The FFHQ 5-point template of a 512 face crop (eyes, nose, mouth corners), as facelib aligns to.
-_TEMPLATE_512 = (
-    (192.98, 239.95),
-    (318.90, 240.19),
-    (256.63, 314.02),
-    (201.26, 371.41),
-    (313.09, 371.15),
-)
-
-
 def _plant_face(sd: dict[str, torch.Tensor], cfg: RetinaFaceConfig) -> None:
     """Make a random detector find a face in every image, so the SR path runs end to end.
 
@@ -333,5 +324,5 @@ def _plant_face(sd: dict[str, torch.Tensor], cfg: RetinaFaceConfig) -> None:
         sd[cls_b] = torch.tensor([-face, face] * cfg.anchors, dtype=sd[cls_b].dtype)
     lm_w, lm_b = "module.LandmarkHead.2.conv1x1.weight", "module.LandmarkHead.2.conv1x1.bias"
     sd[lm_w] = sd[lm_w] * 0.01
-    offsets = [(c - 256.0) / 512.0 / cfg.variance[0] for pt in _TEMPLATE_512 for c in pt]
+    offsets = [(c - 256.0) / 512.0 / cfg.variance[0] for pt in TEMPLATE_512 for c in pt]
     sd[lm_b] = torch.tensor(offsets * cfg.anchors, dtype=sd[lm_b].dtype)

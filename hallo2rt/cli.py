@@ -673,7 +673,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             from hallo2rt.export.checkpoints import GENERATION as GEN_COMPONENTS
             from hallo2rt.export.checkpoints import SUPER_RESOLUTION as SR_COMPONENTS
             from hallo2rt.export.checkpoints import load_pretrained
-            from hallo2rt.export.graphs import GraphShapes
+            from hallo2rt.export.graphs import GraphShapes, fit_shapes
 
             root = args.checkpoints
             if root is None:
@@ -685,8 +685,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 make_random_pretrained(root, args.random, seed=0, only=only)
             sr = SR_COMPONENTS if args.upscale > 1 else ()
             pre = load_pretrained(root, (() if args.sr_only else GEN_COMPONENTS) + sr)
-            kw = {"face_size": pre.config.codeformer.img_size} if sr else {}
-            shapes = GraphShapes(size=args.size, frames=args.frames, **kw)
+            shapes = fit_shapes(GraphShapes(size=args.size, frames=args.frames), pre)
             fp16 = args.dtype == "fp16"
             session = session_from_pretrained(pre, shapes, args.device, fp16, names)
             modules = {k: v for k, v in pre.modules.items() if k in GEN_COMPONENTS}

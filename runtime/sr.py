@@ -203,7 +203,7 @@ class SuperResolver:
         self._pending: list[torch.Tensor] = []
         self._landmarks: torch.Tensor | None = None  # last known (5, 2), frame pixels
         self._first = True
-        self.frames_in = self.frames_out = 0
+        self.frames_out = 0
         self.frames_without_face = 0
         t = torch.tensor(TEMPLATE_512, dtype=torch.float32) * (self.face / 512.0)
         self._template = t.to(self.device)
@@ -220,7 +220,6 @@ class SuperResolver:
             )
         frames = (pixels.to(self.device, torch.float32) / 2 + 0.5).clamp(0, 1)
         self._pending.extend(frames.unbind(0))
-        self.frames_in += frames.shape[0]
         while len(self._pending) >= self._need():
             n = self._need()
             batch, self._pending = self._pending[:n], self._pending[n:]
@@ -241,8 +240,8 @@ class SuperResolver:
         """frames (n, 3, H, W) in [0, 1], new to this window -> (n, sH, sW, 3) uint8."""
         marks = self._find_landmarks(frames)  # (n, 5, 2)
         to_face = similarity_transform(marks, self._template)  # frame -> crop
-        border = torch.tensor(BORDER_RGB, device=self.device) / 255.0
-        crops = warp_affine(frames, to_face, (self.face, self.face), tuple(border.tolist()))
+        border = tuple(c / 255.0 for c in BORDER_RGB)
+        crops = warp_affine(frames, to_face, (self.face, self.face), border)
         out = self.session.run(
             "face_restorer",
             faces=crops * 2 - 1,
