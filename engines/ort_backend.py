@@ -1,9 +1,10 @@
 """The ONNX Runtime backend: CPU provider (tests, CI, the demo) and CUDA provider with IO binding
 over torch tensors and, for static engines, ORT's CUDA-graph option.
 
-Build: ORT optimises the exported graph once (extended level: fusions that are valid for the
-provider and portable across machines) and saves it, so opening does not redo it. Large models
-keep their weights in one external data file.
+Build: the exported attention subgraphs become ORT's fused MultiHeadAttention
+(``attention_fusion``); ORT then optimises the graph once (extended level: fusions that are valid
+for the provider and portable across machines) and saves it, so opening does not redo it. Large
+models keep their weights in one external data file.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ ARTIFACT = "model.ort.onnx"
 EXTERNAL_DATA = ARTIFACT + ".data"
 EXTERNAL_MIN_BYTES = 1024  # initialisers from this size go to the data file (when it is used)
 LARGE_MODEL_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
+# CPU checks fuse attention whose score tensor passes this (the 512 px denoiser's is 34 GB);
+# below it they run the exported graph as it is.
+SCORES_BUDGET_BYTES = 1 << 30
 
 _NP_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64"}
 
@@ -50,21 +54,52 @@ def _provider(device: torch.device, cuda_graph: bool = False) -> list:
     return [("CUDAExecutionProvider", options)]
 
 
-def run_on_cpu(path: Path, feed: dict, optimize: bool = True) -> list:
+def run_on_cpu(path: Path, feed: dict, optimize: bool = True, fuse: bool = False) -> list:
     """Run an ONNX graph once in ONNX Runtime on the CPU (numpy in, numpy out, outputs in graph
     order), then release the session and its memory, so that a PyTorch reference run that
     follows does not add to ORT's peak (full-size checks). ``optimize=False``: no graph
-    optimisation, the plainest reading of the graph (the build checks' reference)."""
+    optimisation, the plainest reading of the graph (the build checks' reference).
+    ``fuse``: run the graph with its attention fused (``attention_fusion``), for shapes whose
+    score tensors would not fit in memory (see ``reference_attention``)."""
     ort = _ort()
     opts = _session_options(ort)
     opts.enable_cpu_mem_arena = False
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    source = _fused(opts, Path(path))[0] if fuse else str(path)
+    sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     try:
         return sess.run(None, feed)
     finally:
         del sess
+
+
+def _fused(opts, path: Path) -> tuple[bytes, int]:
+    """The model bytes of ``path`` with its attention fused and how many subgraphs were; ``opts``
+    told where its weights are (the bytes keep their external data references)."""
+    from .attention_fusion import fused_bytes
+
+    model, count = fused_bytes(path)
+    folder = "session.model_external_initializers_file_folder_path"
+    opts.add_session_config_entry(folder, str(path.parent.resolve()))
+    log.info("%s: %d attention subgraphs fused into MultiHeadAttention", path, count)
+    return model, count
+
+
+def reference_attention(path: Path, feed: dict) -> tuple[bool, str]:
+    """Whether a CPU check of ``path`` on ``feed`` should fuse attention, and a note saying how
+    it ran (for manifests): fused when its largest score tensor, which unfused ORT allocates in
+    one piece, passes ``SCORES_BUDGET_BYTES``."""
+    import onnx
+
+    from .attention_fusion import largest_scores_bytes
+
+    model = onnx.load(str(path), load_external_data=False)
+    largest = largest_scores_bytes(model, {k: tuple(v.shape) for k, v in feed.items()})
+    gb = f"{largest / 1e9:.2f} GB"
+    if largest > SCORES_BUDGET_BYTES:
+        return True, f"fused into MultiHeadAttention (the score tensors, {gb}, would not fit)"
+    return False, f"as exported (largest score tensor {gb})"
 
 
 def check_available(config, env: dict[str, Any]) -> None:
@@ -108,7 +143,8 @@ def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkp
         )
     device = torch.device(config.device)
     try:
-        sess = ort.InferenceSession(str(onnx), opts, providers=_provider(device))
+        model, count = _fused(opts, onnx)
+        sess = ort.InferenceSession(model, opts, providers=_provider(device))
         del sess
     except Exception as exc:  # ORT raises its own exception types
         raise EngineError(f"onnxruntime could not load {onnx}: {exc}") from exc
@@ -118,6 +154,8 @@ def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkp
         "artifact_data": [EXTERNAL_DATA] if large else [],
         "provider": _provider(device)[0] if device.type == "cpu" else "CUDAExecutionProvider",
         "optimization": "ORT_ENABLE_EXTENDED, saved at build",
+        # no score tensors: flash attention on the CPU, flash / memory-efficient on CUDA
+        "attention": f"{count} fused into com.microsoft.MultiHeadAttention",
     }
 
 

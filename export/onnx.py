@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..engines.manifest import onnx_sha256, sha256_files
-from ..engines.ort_backend import run_on_cpu
+from ..engines.ort_backend import reference_attention, run_on_cpu
 from ..engines.parity import (  # noqa: F401  (ParityError: part of this module's API)
     FP16_MIN_COSINE,
     FP32_REL_TOL,
@@ -165,11 +165,13 @@ def parity(
 ) -> dict[str, dict[str, float]]:
     """Run the ONNX graph in ORT (CPU) and the wrapper on ``args``; per-output error numbers."""
     feed = {t.name: a.numpy() for t, a in zip(graph.spec.inputs, args, strict=True)}
-    got = run_on_cpu(path, feed)  # outputs in graph order = spec order (check_io)
+    fuse, attention = reference_attention(path, feed)
+    got = run_on_cpu(path, feed, fuse=fuse)  # outputs in graph order = spec order (check_io)
     with torch.no_grad():
         want = graph.module(*args)
     what = "ONNX Runtime disagrees with PyTorch"
-    return compare_fp32(graph.spec, [torch.from_numpy(g) for g in got], want, what, rel_tol)
+    outputs = compare_fp32(graph.spec, [torch.from_numpy(g) for g in got], want, what, rel_tol)
+    return outputs, attention
 
 
 def parity_fp16(
@@ -184,11 +186,13 @@ def parity_fp16(
         t.name: (a.half() if t.dtype == "float16" else a).numpy()
         for t, a in zip(spec16.inputs, args, strict=True)
     }
-    got = run_on_cpu(path, feed)
+    fuse, attention = reference_attention(path, feed)
+    got = run_on_cpu(path, feed, fuse=fuse)
     with torch.no_grad():  # the same values the fp16 graph saw
         want = graph.module(*[a.half().float() if a.is_floating_point() else a for a in args])
     what = "fp16 ONNX vs fp32 PyTorch"
-    return compare_fp16(spec16, [torch.from_numpy(g) for g in got], want, what, min_cosine)
+    outputs = compare_fp16(spec16, [torch.from_numpy(g) for g in got], want, what, min_cosine)
+    return outputs, attention
 
 
 def _versions() -> dict[str, str]:
@@ -225,9 +229,12 @@ def export_engine(
         size = _consolidate(path, spec)
         check_io(spec, path)
         if precision == "fp16":
-            numbers, gate = parity_fp16(graph, spec, path, args), {"min_cosine": FP16_MIN_COSINE}
+            (numbers, attention), gate = (
+                parity_fp16(graph, spec, path, args),
+                {"min_cosine": FP16_MIN_COSINE},
+            )
         else:
-            numbers, gate = parity(graph, path, args), {"rel_tol": FP32_REL_TOL}
+            (numbers, attention), gate = parity(graph, path, args), {"rel_tol": FP32_REL_TOL}
         manifest = {
             "engine": name,
             "spec": spec.to_json(),
@@ -238,6 +245,7 @@ def export_engine(
             "parity": {
                 "reference": "PyTorch wrapper, fp32, CPU",
                 "runtime": "onnxruntime CPUExecutionProvider",
+                "attention": attention,
                 **gate,
                 "outputs": numbers,
             },

@@ -25,6 +25,16 @@ from hallo2rt.engines.tensorrt_backend import build_plan, plan_name
 from hallo2rt.export.graphs import ENGINES
 
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+# the engines whose exports hold attention (tests/engines/test_attention_fusion.py)
+ATTENTION_ENGINES = (
+    "audio_encoder",
+    "denoiser_step",
+    "face_restorer",
+    "reference_unet",
+    "vae_decoder",
+    "vae_encoder",
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +69,11 @@ def test_ort_build_checks_every_engine_and_describes_it(ort_engines, tiny_onnx, 
     spec = spec_from_json(m["spec"])
     assert set(m["parity"]["results"]) == ({"opt", "min"} if spec.profiles else {"opt"})
     assert not list(out.glob(".*.partial"))
+    # the artifact runs ORT's fused attention wherever the export has (unmasked) attention
+    fused = int(m["attention"].split()[0])
+    ops = [n.op_type for n in onnx.load(str(out / name / m["artifact"])).graph.node]
+    assert ops.count("MultiHeadAttention") == fused
+    assert (fused > 0) == (name in ATTENTION_ENGINES)
 
 
 @pytest.mark.parametrize("name", ENGINES)
