@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
+INLINE_BELOW = 64 << 10  # external tensors read into the graph proto: shape constants, not weights
 _ITEMSIZE = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.DOUBLE: 8}
 
 Dims = tuple  # per axis: int (static), str (symbolic) or None (unknown)
@@ -216,6 +217,23 @@ def fused_bytes(path: Path) -> tuple[bytes, int]:
     stays in ``path``'s folder (ONNX Runtime reads it from there when the session option
     ``session.model_external_initializers_file_folder_path`` names that folder, see
     ``ort_backend``); returns (model bytes, fused count)."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_graph(path)
     count = fuse_attention(model)
     return model.SerializeToString(), count
+
+
+def load_graph(path: Path, inline_below: int = INLINE_BELOW) -> onnx.ModelProto:
+    """``path`` without its weights: external tensors stay in their file, except those under
+    ``inline_below`` bytes (shape constants, scalars), which shape inference needs to read."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        length = next((int(e.value) for e in t.external_data if e.key == "length"), None)
+        if length is not None and length < inline_below:
+            load_external_data_for_tensor(t, str(path.parent))
+            t.data_location = TensorProto.DEFAULT
+            del t.external_data[:]
+    return model

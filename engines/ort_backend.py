@@ -90,11 +90,9 @@ def reference_attention(path: Path, feed: dict) -> tuple[bool, str]:
     """Whether a CPU check of ``path`` on ``feed`` should fuse attention, and a note saying how
     it ran (for manifests): fused when its largest score tensor, which unfused ORT allocates in
     one piece, passes ``SCORES_BUDGET_BYTES``."""
-    import onnx
+    from .attention_fusion import largest_scores_bytes, load_graph
 
-    from .attention_fusion import largest_scores_bytes
-
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_graph(Path(path))
     largest = largest_scores_bytes(model, {k: tuple(v.shape) for k, v in feed.items()})
     gb = f"{largest / 1e9:.2f} GB"
     if largest > SCORES_BUDGET_BYTES:

@@ -4,6 +4,7 @@ without changing what the graph computes, and the CPU checks use it when scores 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from hallo2rt.engines.attention_fusion import (  # noqa: E402  (needs onnx)
+    INLINE_BELOW,
     fuse_attention,
     largest_scores_bytes,
 )
@@ -106,8 +108,8 @@ def test_largest_scores_follow_the_input_shapes():
 
 
 def test_export_parity_runs_fused_when_scores_would_not_fit(tiny_root, tmp_path, monkeypatch):
-    """Past the budget the export's ORT run fuses attention, says so, and stays within parity;
-    the external data of a large model is found through the fused copy's link."""
+    """Past the budget the export's ORT run fuses attention, says so, and stays within parity
+    (the weights in external data, as at full size)."""
     import hallo2rt.engines.ort_backend as ort_backend
     import hallo2rt.export.onnx as onnx_export
     from hallo2rt.export.graphs import GraphShapes
@@ -121,3 +123,21 @@ def test_export_parity_runs_fused_when_scores_would_not_fit(tiny_root, tmp_path,
     assert (tmp_path / "vae_decoder/model.onnx.data").is_file()
     for numbers in m["parity"]["outputs"].values():
         assert numbers["max_abs_diff"] <= numbers["rel_tol"] * numbers["max_abs_ref"]
+
+
+def test_fusion_reads_shape_constants_from_external_data(tiny_onnx, tmp_path):
+    """At full size even the shape constants that inference must read live in the external
+    data file: they are read into the graph, the weights stay in their file, and every
+    attention still fuses."""
+    from hallo2rt.engines.attention_fusion import fused_bytes
+
+    model = onnx.load(str(tiny_onnx[0] / "reference_unet/model.onnx"))
+    path = tmp_path / "model.onnx"
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=0
+    )
+    fused, count = fused_bytes(path)
+    assert count == _ops(model).count("Softmax") > 0
+    weights = [t for t in onnx.load_from_string(fused).graph.initializer if t.dims]
+    large = [t for t in weights if 4 * math.prod(t.dims) >= INLINE_BELOW]
+    assert large and all(t.data_location == onnx.TensorProto.EXTERNAL for t in large)

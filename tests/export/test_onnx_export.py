@@ -281,3 +281,22 @@ def test_fp16_denoiser_step(tiny_root, tmp_path):
     shapes = GraphShapes(size=64, frames=16)
     m = export_engines(tiny_root, tmp_path, ["denoiser_step"], shapes, "fp16")["denoiser_step"]
     assert m["parity"]["outputs"]["next_latents"]["cosine"] >= 0.999
+
+
+def test_fp16_export_swaps_weights_to_half_and_back_exactly():
+    """The fp16 export halves the weights in place for its duration (no second full-size copy);
+    modules sharing them get their fp32 values back bit for bit."""
+    from hallo2rt.export.onnx import _half_weights
+
+    shared = torch.nn.Linear(3, 3)
+    a, b = torch.nn.Sequential(shared, torch.nn.LayerNorm(3)), torch.nn.Sequential(shared)
+    a.register_buffer("table", torch.randn(4))
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    with _half_weights(a) as m:
+        assert m is a and all(v.dtype == torch.float16 for v in a.state_dict().values())
+        assert b[0].weight.dtype == torch.float16  # the shared weight too, for now
+    after = a.state_dict()
+    assert all(
+        after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items()
+    )
+    assert b[0].weight.dtype == torch.float32
