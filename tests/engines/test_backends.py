@@ -264,6 +264,24 @@ def test_fp16_export_builds_an_fp16_ort_engine(tiny_root, tmp_path):
             assert all(n["cosine"] >= 0.999 for n in result["outputs"].values())
 
 
+def test_ort_build_of_a_large_export_keeps_one_external_data_file(tiny_root, tmp_path, monkeypatch):
+    """A > 2 GB export (external data) builds through the fused-attention bytes: ORT reads the
+    weights from the export's folder and writes the artifact's own data file."""
+    import hallo2rt.export.onnx as onnx_export
+    from hallo2rt.export.graphs import GraphShapes
+    from hallo2rt.export.onnx import export_engines
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # treat it as > 2 GB
+    onnx_dir = tmp_path / "onnx"
+    export_engines(tiny_root, onnx_dir, ["vae_decoder"], GraphShapes(size=64, frames=2))
+    assert (onnx_dir / "vae_decoder/model.onnx.data").is_file()
+    m = build_engines(onnx_dir, tmp_path / "built", BuildConfig("onnxruntime"))["vae_decoder"]
+    assert m["artifact_data"] == ["model.ort.onnx.data"] and m["attention"].startswith("1 fused")
+    assert (tmp_path / "built/vae_decoder/model.ort.onnx.data").stat().st_size > 0
+    for n in m["parity"]["results"]["opt"]["outputs"].values():
+        assert n["max_abs_diff"] <= n["rel_tol"] * n["max_abs_ref"]
+
+
 def test_fp16_flag_on_an_fp32_export_says_how_to_fix(tiny_onnx, tmp_path):
     with pytest.raises(EngineError, match="--precision fp16"):
         build_engines(
