@@ -141,3 +141,23 @@ def test_fusion_reads_shape_constants_from_external_data(tiny_onnx, tmp_path):
     weights = [t for t in onnx.load_from_string(fused).graph.initializer if t.dims]
     large = [t for t in weights if 4 * math.prod(t.dims) >= INLINE_BELOW]
     assert large and all(t.data_location == onnx.TensorProto.EXTERNAL for t in large)
+
+
+@pytest.mark.parametrize("name", ["denoiser_step", "reference_unet"])
+def test_exported_attention_has_the_shape_tensorrt_documents_for_fusion(tiny_onnx, name):
+    """TensorRT's "Fused Attention" guide (method 2): BMM1 -> Softmax -> BMM2 with Q and K each
+    scaled by sqrt(scale) before BMM1, Q of shape [B, N, S, H]. Every attention of model.onnx
+    (what TensorRT parses) has that form. Whether TensorRT then fuses it is NOT tested here."""
+    model = onnx.load(str(tiny_onnx[0] / name / "model.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    softmaxes = [n for n in model.graph.node if n.op_type == "Softmax"]
+    assert softmaxes
+    for sm in softmaxes:
+        bmm1 = producer[sm.input[0]]
+        assert bmm1.op_type == "MatMul", sm.name
+        assert [producer[i].op_type for i in bmm1.input] == ["Mul", "Mul"], bmm1.name
+        assert [c.op_type for c in consumers[sm.output[0]]] == ["MatMul"], sm.name
