@@ -5,7 +5,7 @@ Both exporters write ``scaled_dot_product_attention`` as
     MatMul(q·√scale (b, h, s, d), kᵀ·√scale (b, h, d, l)) -> Softmax(-1) -> MatMul(·, v (b,h,l,e))
 
 and ONNX Runtime runs that as written: the score tensor b·h·s·l is materialised (the 512 px
-denoiser's level-0 attention: 2 CFG halves x 16 frames x 8 heads x 4096 x 8192 floats = 34 GB).
+denoiser's level-0 attention: 16 frames x 8 heads x 4096 x 8192 floats = 17.2 GB per Softmax).
 TensorRT matches the pattern into its own fused attention, so ``model.onnx`` keeps it; for ONNX
 Runtime this pass swaps each unmasked instance for MultiHeadAttention, whose CPU kernel is a flash
 attention (no score tensor) and whose CUDA kernel picks flash / memory-efficient attention.

@@ -25,7 +25,7 @@ ARTIFACT = "model.ort.onnx"
 EXTERNAL_DATA = ARTIFACT + ".data"
 EXTERNAL_MIN_BYTES = 1024  # initialisers from this size go to the data file (when it is used)
 LARGE_MODEL_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
-# CPU checks fuse attention whose score tensor passes this (the 512 px denoiser's is 34 GB);
+# CPU checks fuse attention whose score tensor passes this (the 512 px denoiser's: 17.2 GB);
 # below it they run the exported graph as it is.
 SCORES_BUDGET_BYTES = 1 << 30
 
