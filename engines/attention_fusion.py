@@ -6,9 +6,10 @@ Both exporters write ``scaled_dot_product_attention`` as
 
 and ONNX Runtime runs that as written: the score tensor b·h·s·l is materialised (the 512 px
 denoiser's level-0 attention: 16 frames x 8 heads x 4096 x 8192 floats = 17.2 GB per Softmax).
-TensorRT matches the pattern into its own fused attention, so ``model.onnx`` keeps it; for ONNX
-Runtime this pass swaps each unmasked instance for MultiHeadAttention, whose CPU kernel is a flash
-attention (no score tensor) and whose CUDA kernel picks flash / memory-efficient attention.
+TensorRT documents fusing this pattern itself (its fused-attention guide; not run here), so
+``model.onnx`` keeps it; for ONNX Runtime this pass swaps each unmasked instance for
+MultiHeadAttention, whose CPU kernel is a flash attention (no score tensor) and whose CUDA kernel
+picks flash / memory-efficient attention (not run here).
 
 The scales stay where the exporter put them (on q and kᵀ), so the fused node has scale 1 and
 computes the same sums in another order. Masked attention (an ``Add`` before the Softmax) and
