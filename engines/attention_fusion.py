@@ -22,6 +22,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -101,15 +102,10 @@ class _Builder:
     def const(self, values: tuple[int, ...]) -> str:
         if values not in self.consts:
             name = f"attn_fused/shape_{'_'.join(str(x).replace('-', 'm') for x in values)}"
-            self.graph.initializer.append(numpy_helper.from_array(_int64(values), name))
+            shape = numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
+            self.graph.initializer.append(shape)
             self.consts[values] = name
         return self.consts[values]
-
-
-def _int64(values: tuple[int, ...]):
-    import numpy as np
-
-    return np.asarray(values, dtype=np.int64)
 
 
 def _fused_nodes(

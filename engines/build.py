@@ -144,11 +144,11 @@ def check_engine(
         with torch.inference_mode():
             got = engine.infer(feed)
         got_list = [got[t.name] for t in engine.spec.outputs]
-        from .ort_backend import reference_attention, run_on_cpu
+        from .ort_backend import check_on_cpu
 
         arrays = {k: v.numpy() for k, v in ref_feed.items()}
-        fuse, attention = reference_attention(onnx, arrays)
-        want = [torch.from_numpy(o) for o in run_on_cpu(onnx, arrays, optimize=False, fuse=fuse)]
+        outputs, attention = check_on_cpu(onnx, arrays, optimize=False)
+        want = [torch.from_numpy(o) for o in outputs]
         what = f"{engine.backend} engine vs its ONNX (ORT CPU) at {size} sizes {sizes}"
         compare = compare_fp16 if fp16 else compare_fp32
         results[size] = {

@@ -61,7 +61,7 @@ def run_on_cpu(path: Path, feed: dict, optimize: bool = True, fuse: bool = False
     optimisation, the plainest reading of the graph (the build checks' reference), and the
     weights read from the file as they are used (no prepacked copies). ``fuse``: run the graph
     with its attention fused (``attention_fusion``), for shapes whose score tensors would not
-    fit in memory (see ``reference_attention``)."""
+    fit in memory (see ``check_on_cpu``)."""
     ort = _ort()
     opts = _session_options(ort)
     opts.enable_cpu_mem_arena = False
@@ -90,18 +90,20 @@ def _fused(opts, path: Path) -> tuple[bytes, int]:
     return model, count
 
 
-def reference_attention(path: Path, feed: dict) -> tuple[bool, str]:
-    """Whether a CPU check of ``path`` on ``feed`` should fuse attention, and a note saying how
-    it ran (for manifests): fused when its largest score tensor, which unfused ORT allocates in
-    one piece, passes ``SCORES_BUDGET_BYTES``."""
+def check_on_cpu(path: Path, feed: dict, optimize: bool = True) -> tuple[list, str]:
+    """``run_on_cpu`` for a check of ``path`` on ``feed``, and a note saying how it ran (for
+    manifests): when its largest score tensor, which unfused ORT allocates in one piece, passes
+    ``SCORES_BUDGET_BYTES``, attention runs fused and the graph unoptimised (no prepacked weight
+    copies); otherwise the graph runs as exported."""
     from .attention_fusion import largest_scores_bytes, load_graph
 
     model = load_graph(Path(path))
     largest = largest_scores_bytes(model, {k: tuple(v.shape) for k, v in feed.items()})
     gb = f"{largest / 1e9:.2f} GB"
     if largest > SCORES_BUDGET_BYTES:
-        return True, f"fused into MultiHeadAttention (largest score tensor {gb})"
-    return False, f"as exported (largest score tensor {gb})"
+        note = f"fused into MultiHeadAttention, no graph optimisation (largest score tensor {gb})"
+        return run_on_cpu(path, feed, optimize=False, fuse=True), note
+    return run_on_cpu(path, feed, optimize), f"as exported (largest score tensor {gb})"
 
 
 def check_available(config, env: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..engines.manifest import onnx_sha256, sha256_files
-from ..engines.ort_backend import reference_attention, run_on_cpu
+from ..engines.ort_backend import check_on_cpu
 from ..engines.parity import (  # noqa: F401  (ParityError: part of this module's API)
     FP16_MIN_COSINE,
     FP32_REL_TOL,
@@ -182,12 +182,11 @@ def check_io(spec: EngineSpec, path: Path) -> None:
 
 def parity(
     graph: Graph, path: Path, args: tuple[torch.Tensor, ...], rel_tol: float = FP32_REL_TOL
-) -> dict[str, dict[str, float]]:
-    """Run the ONNX graph in ORT (CPU) and the wrapper on ``args``; per-output error numbers."""
+) -> tuple[dict[str, dict[str, float]], str]:
+    """Run the ONNX graph in ORT (CPU) and the wrapper on ``args``: per-output error numbers,
+    and how ORT ran the graph's attention (``check_on_cpu``)."""
     feed = {t.name: a.numpy() for t, a in zip(graph.spec.inputs, args, strict=True)}
-    fuse, attention = reference_attention(path, feed)
-    # graphs too large for unfused attention also run unoptimised: no prepacked weight copies
-    got = run_on_cpu(path, feed, optimize=not fuse, fuse=fuse)  # outputs in spec order
+    got, attention = check_on_cpu(path, feed)  # outputs in graph order = spec order (check_io)
     with torch.no_grad():
         want = graph.module(*args)
     what = "ONNX Runtime disagrees with PyTorch"
@@ -201,14 +200,14 @@ def parity_fp16(
     path: Path,
     args: tuple[torch.Tensor, ...],
     min_cosine: float = FP16_MIN_COSINE,
-) -> dict[str, dict[str, float]]:
-    """fp16 graph in ORT (CPU) vs the fp32 wrapper on the same input values: cosine per output."""
+) -> tuple[dict[str, dict[str, float]], str]:
+    """fp16 graph in ORT (CPU) vs the fp32 wrapper on the same input values: cosine per output,
+    and how ORT ran the graph's attention."""
     feed = {
         t.name: (a.half() if t.dtype == "float16" else a).numpy()
         for t, a in zip(spec16.inputs, args, strict=True)
     }
-    fuse, attention = reference_attention(path, feed)
-    got = run_on_cpu(path, feed, optimize=not fuse, fuse=fuse)
+    got, attention = check_on_cpu(path, feed)
     with torch.no_grad():  # the same values the fp16 graph saw
         want = graph.module(*[a.half().float() if a.is_floating_point() else a for a in args])
     what = "fp16 ONNX vs fp32 PyTorch"
@@ -267,8 +266,7 @@ def export_engine(
             "onnx_bytes": size,
             "parity": {
                 "reference": "PyTorch wrapper, fp32, CPU",
-                "runtime": "onnxruntime CPUExecutionProvider"
-                + (", no graph optimisation" if attention.startswith("fused") else ""),
+                "runtime": "onnxruntime CPUExecutionProvider",
                 "attention": attention,
                 **gate,
                 "outputs": numbers,
