@@ -31,6 +31,9 @@ def _zero_snr_alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
     abar_sqrt = (abar_sqrt - last) * (first / (first - last))
     abar = abar_sqrt**2
     alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    # diffusers returns betas = 1 - alphas and the scheduler takes alphas = 1 - betas again: the
+    # round trip rounds in fp32 (up to 1e-7 relative near t = T), so it is kept, bit for bit
+    alphas = 1.0 - (1.0 - alphas)
     return torch.cumprod(alphas, dim=0)  # recomputed from the rescaled alphas, as diffusers
 
 
