@@ -17,7 +17,7 @@ import torch
 
 from .engine import Engine
 from .manifest import EngineError
-from .spec import DTYPES, FP32_ONLY
+from .spec import DTYPES, FP32_ONLY, random_feed, spec_from_json
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,56 @@ def _ort():
     return onnxruntime
 
 
-def _provider(device: torch.device, cuda_graph: bool = False) -> list:
+def _provider(
+    device: torch.device,
+    cuda_graph: bool = False,
+    fp32: bool = True,
+    stream: int = 0,
+    dynamic: bool = False,
+) -> list:
+    """The execution provider list of a session on ``device``.
+
+    CUDA options: ``use_tf32`` 0 for fp32 engines (ORT enables TF32 by default, ~1e-3 relative
+    error, which the 1e-4 fp32 gate rejects); ``user_compute_stream`` the run's stream when it
+    is a real stream (ORT ignores 0 and uses its own); the CUDA graph only for static engines;
+    dynamic engines choose convolution algorithms heuristically (an exhaustive search per new
+    shape makes every new size slow); the arena grows by what is asked, not to the next power
+    of two."""
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
-    options = {"device_id": str(device.index or 0)}
-    if torch.cuda.is_available():  # run on the session's stream, in order with torch work
-        options["user_compute_stream"] = str(torch.cuda.current_stream(device).cuda_stream)
+    options = {
+        "device_id": str(device.index or 0),
+        "arena_extend_strategy": "kSameAsRequested",
+    }
+    if fp32:
+        options["use_tf32"] = "0"
+    if stream:
+        options["user_compute_stream"] = str(stream)
     if cuda_graph:
         options["enable_cuda_graph"] = "1"
+    if dynamic:
+        options["cudnn_conv_algo_search"] = "HEURISTIC"
     return [("CUDAExecutionProvider", options)]
+
+
+def _inference_session(ort, model, opts, providers: list, what: str):
+    """An InferenceSession that really runs on CUDA: ORT only *warns* when the CUDA provider
+    fails to load (missing CUDA/cuDNN libraries) and silently runs on the CPU instead."""
+    cuda = not isinstance(providers[0], str)
+    if cuda and hasattr(ort, "preload_dlls"):  # ORT >= 1.21: CUDA/cuDNN from pip's packages
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # best effort; the provider check below decides
+            log.debug("onnxruntime.preload_dlls: %s", exc)
+    sess = ort.InferenceSession(model, opts, providers=providers)
+    active = sess.get_providers()
+    if cuda and active[0] != "CUDAExecutionProvider":
+        raise EngineError(
+            f"onnxruntime could not start its CUDA provider for {what} (running on {active}): "
+            "its CUDA/cuDNN libraries did not load; install the onnxruntime-gpu build that "
+            "matches your CUDA (`hallo2rt doctor` probes it), or use --device cpu"
+        )
+    return sess
 
 
 def run_on_cpu(path: Path, feed: dict, optimize: bool = True, fuse: bool = False) -> list:
@@ -146,10 +187,14 @@ def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkp
             str(EXTERNAL_MIN_BYTES),
         )
     device = torch.device(config.device)
+    spec = spec_from_json(export["spec"])
     try:
         model, count = _fused(opts, onnx)
-        sess = ort.InferenceSession(model, opts, providers=_provider(device))
+        providers = _provider(device, fp32=export["precision"] == "fp32")
+        sess = _inference_session(ort, model, opts, providers, str(onnx))
         del sess
+    except EngineError:
+        raise
     except Exception as exc:  # ORT raises its own exception types
         raise EngineError(f"onnxruntime could not load {onnx}: {exc}") from exc
     return {
@@ -158,6 +203,8 @@ def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkp
         "artifact_data": [EXTERNAL_DATA] if large else [],
         "provider": _provider(device)[0] if device.type == "cpu" else "CUDAExecutionProvider",
         "optimization": "ORT_ENABLE_EXTENDED, saved at build",
+        # ORT replays captured graphs only with fixed shapes and addresses
+        "cuda_graph": bool(config.cuda_graph) and not spec.profiles,
         # no score tensors: flash attention on the CPU, flash / memory-efficient on CUDA
         "attention": f"{count} fused into com.microsoft.MultiHeadAttention",
     }
@@ -171,10 +218,22 @@ class OrtEngine(Engine):
 
     backend = "onnxruntime"
 
+    # ORT captures its CUDA graph after this many plain runs (1 in older releases, 2 in newer);
+    # opening runs the engine once more than that, so the capture happens at open, never while
+    # a run's video writer thread is allocating or copying (older ORT captures in the global
+    # mode, where another thread's cudaMalloc breaks the capture)
+    CUDA_GRAPH_WARMUP_RUNS = 3
+
     def __init__(self, directory: Path, manifest: dict, device: torch.device, **options: Any):
         super().__init__(directory, manifest, device)
-        self.cuda_graph = bool(manifest["build"].get("cuda_graph")) and device.type == "cuda"
+        # the CUDA graph needs fixed shapes and addresses: static engines only
+        self.cuda_graph = (
+            bool(manifest["build"].get("cuda_graph"))
+            and device.type == "cuda"
+            and not self.spec.profiles
+        )
         self._sess = None
+        self._stream = 0  # the CUDA stream ORT was given at open (0: its own)
 
     def _open(self) -> None:
         ort = _ort()
@@ -183,15 +242,27 @@ class OrtEngine(Engine):
         # optimisations are specific to this machine and cheap, so they run at load.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = self.directory / self.manifest["artifact"]
+        if self.device.type == "cuda":
+            self._stream = torch.cuda.current_stream(self.device).cuda_stream
+        providers = _provider(
+            self.device,
+            self.cuda_graph,
+            fp32=self.manifest.get("precision") == "fp32",
+            stream=self._stream,
+            dynamic=bool(self.spec.profiles),
+        )
         try:
-            self._sess = ort.InferenceSession(
-                str(path), opts, providers=_provider(self.device, self.cuda_graph)
-            )
+            self._sess = _inference_session(ort, str(path), opts, providers, str(path))
+        except EngineError:
+            raise
         except Exception as exc:
             raise EngineError(
                 f"{path} could not be loaded by onnxruntime ({str(exc)[:300]}): the file is "
                 f"corrupt or from another onnxruntime; rebuild: {self.manifest.get('rebuild')}"
             ) from exc
+        self._run_options = ort.RunOptions()
+        if self._stream:  # ordered on the caller's stream: no device-wide syncs needed
+            self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self._binding = self._sess.io_binding()
         self._buffers: dict[str, torch.Tensor] = {}
         tensors = list(self.spec.outputs) + (list(self.spec.inputs) if self.cuda_graph else [])
@@ -200,9 +271,24 @@ class OrtEngine(Engine):
                 self._buffers[t.name] = torch.empty(
                     t.dims, dtype=DTYPES[t.dtype], device=self.device
                 )
+        # every output bound now, in spec (= graph) order: get_outputs() keeps this order, and
+        # rebinding a name later replaces it in place
         for t in self.spec.outputs:
-            if t.name in self._buffers:
-                self._bind(t.name, self._buffers[t.name], output=True)
+            self._bind_output(t.name)
+        if self.cuda_graph:
+            self._capture_now()
+
+    def _capture_now(self) -> None:
+        """Run the engine until ORT has captured its graph (see CUDA_GRAPH_WARMUP_RUNS)."""
+        feed = random_feed(self.spec, self.spec.sizes("opt"), device=self.device)
+        for _ in range(self.CUDA_GRAPH_WARMUP_RUNS):
+            self._infer(feed)
+
+    def _bind_output(self, name: str) -> None:
+        if name in self._buffers:
+            self._bind(name, self._buffers[name], output=True)
+        else:  # dynamic: ORT allocates it once its shape is known
+            self._binding.bind_output(name, self.device.type, self.device.index or 0)
 
     def _bind(self, name: str, value: torch.Tensor, output: bool = False) -> None:
         bind = self._binding.bind_output if output else self._binding.bind_input
@@ -225,15 +311,22 @@ class OrtEngine(Engine):
             alive.append(value)
             self._bind(t.name, value)
         dynamic = [t.name for t in self.spec.outputs if t.name not in self._buffers]
-        for name in dynamic:  # ORT allocates these once their shape is known
-            self._binding.bind_output(name, self.device.type, self.device.index or 0)
-        self._binding.synchronize_inputs()
-        self._sess.run_with_iobinding(self._binding)
-        self._binding.synchronize_outputs()
+        for name in dynamic:  # a fresh allocation for this call's shape
+            self._bind_output(name)
+        # On the stream ORT was given (the session's), ORT's work is ordered with torch's;
+        # on any other stream only device-wide syncs order it
+        ordered = bool(self._stream) and (
+            torch.cuda.current_stream(self.device).cuda_stream == self._stream
+        )
+        if not ordered:
+            self._binding.synchronize_inputs()
+        self._sess.run_with_iobinding(self._binding, self._run_options if ordered else None)
+        if not ordered:
+            self._binding.synchronize_outputs()
         del alive
         out = dict(self._buffers)
-        if dynamic:
-            names = [o.name for o in self._sess.get_outputs()]
+        if dynamic:  # get_outputs() is in bind order: the spec's (see _open)
+            names = [t.name for t in self.spec.outputs]
             values = dict(zip(names, self._binding.get_outputs(), strict=True))
             for name in dynamic:
                 out[name] = _to_torch(values[name], self.device)

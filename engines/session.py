@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,13 @@ from .manifest import EngineError
 from .spec import DTYPES, GENERATION, SUPER_RESOLUTION, EngineSpec
 
 log = logging.getLogger(__name__)
+
+
+def _normalised(device: torch.device) -> torch.device:
+    """``cuda`` as ``cuda:<current>``, so that the same GPU compares equal however named."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 class Session:
@@ -36,8 +44,11 @@ class Session:
         missing = [n for n in require if n not in engines]
         if missing:
             raise EngineError(f"this run needs the engines {missing} as well")
-        self.engines, self.device = engines, torch.device(device)
+        self.engines, self.device = engines, _normalised(torch.device(device))
         self._entered = False
+        self._cache: dict[Any, Any] = {}
+        self.stream = None  # the session's CUDA stream while entered (None on the CPU)
+        self._stream_ctx = None
         if all(n in engines for n in GENERATION):
             self._read_generation_specs()
 
@@ -106,6 +117,15 @@ class Session:
         return cls(engines, device or main, names)
 
     def __enter__(self) -> Session:
+        """Open every engine. On a GPU the session's own non-default stream becomes the current
+        stream until exit, before any engine opens: TensorRT enqueues on the current stream
+        (the legacy default stream costs it extra device-wide syncs) and ONNX Runtime is given
+        that stream's handle at open, so every engine and torch op of a run is ordered on one
+        stream without device-wide synchronisation."""
+        if self.device.type == "cuda":
+            self.stream = torch.cuda.Stream(self.device)
+            self._stream_ctx = torch.cuda.stream(self.stream)
+            self._stream_ctx.__enter__()
         opened = []
         try:
             for engine in self.engines.values():
@@ -114,6 +134,7 @@ class Session:
         except BaseException:
             for engine in opened:
                 engine.close()
+            self._leave_stream()
             raise
         self._entered = True
         return self
@@ -122,6 +143,21 @@ class Session:
         for engine in self.engines.values():
             engine.close()
         self._entered = False
+        self._cache.clear()  # captured graphs hold engine buffers' addresses
+        self._leave_stream()
+
+    def _leave_stream(self) -> None:
+        if self._stream_ctx is not None:
+            self.stream.synchronize()
+            self._stream_ctx.__exit__(None, None, None)
+        self.stream = self._stream_ctx = None
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()`` once per open session and ``key`` (e.g. the runtime's step loop and its
+        CUDA graph, so that it is captured once, not per call)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     def spec(self, name: str) -> EngineSpec:
         return self.engines[name].spec
@@ -136,7 +172,7 @@ class Session:
             if t.name in inputs
         }
         out = engine.infer(feed)
-        if engine.device != self.device:
+        if _normalised(engine.device) != self.device:
             out = {k: v.to(self.device) for k, v in out.items()}
         return out
 

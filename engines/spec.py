@@ -76,6 +76,7 @@ class EngineSpec:
     profiles: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # symbol: min/opt/max
     notes: str = ""  # what runs where, precision pins and why
     tolerances: dict[str, float] = field(default_factory=dict)  # output prefix: looser rel tol
+    fp32: tuple[str, ...] = ()  # float tensors that stay fp32 in an fp16 engine (notes say why)
 
     def tolerance(self, output: str, default: float) -> float:
         """The parity tolerance of ``output``: the default unless the spec says why not."""
@@ -133,6 +134,8 @@ class EngineSpec:
             "profiles": {k: list(v) for k, v in self.profiles.items()},
             "notes": self.notes,
             "tolerances": self.tolerances,
+            # only where used, so that the digests of the other specs do not change
+            **({"fp32": list(self.fp32)} if self.fp32 else {}),
         }
 
     def with_precision(self, precision: str) -> EngineSpec:
@@ -142,7 +145,9 @@ class EngineSpec:
         want = "float16" if precision == "fp16" else "float32"
 
         def cast(t: TensorSpec) -> TensorSpec:
-            return replace(t, dtype=want) if t.dtype in ("float32", "float16") else t
+            if t.dtype not in ("float32", "float16") or t.name in self.fp32:
+                return t
+            return replace(t, dtype=want)
 
         return replace(
             self, inputs=tuple(map(cast, self.inputs)), outputs=tuple(map(cast, self.outputs))
@@ -174,6 +179,7 @@ def spec_from_json(data: dict[str, Any]) -> EngineSpec:
         {k: tuple(v) for k, v in data.get("profiles", {}).items()},
         data.get("notes", ""),
         dict(data.get("tolerances", {})),
+        tuple(data.get("fp32", ())),
     )
 
 

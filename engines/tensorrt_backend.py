@@ -1,22 +1,28 @@
-"""The TensorRT backend, written to TensorRT 10's documented Python API.
+"""The TensorRT backend, written to TensorRT 10's and 11's documented Python API.
 
 NOT RUN in this project's development environment: TensorRT cannot be installed there. What is
-tested without it is ``build_plan`` (flags, typing and profiles derived from the spec); the build
-and run paths are exercised by tests marked ``tensorrt`` wherever ``import tensorrt`` works.
+tested without it: ``build_plan`` (typing, flags and profiles derived from the spec, against the
+builder flags of TensorRT 10 and 11), the Polygraphy build settings, and the run path's checks
+against a stand-in of the runtime API; the real build and run are exercised by tests marked
+``tensorrt`` wherever ``import tensorrt`` works, and by ``hallo2rt proof`` on a GPU.
 
-Build: parse the exported ONNX (external data is read beside it), one optimisation profile from
-the spec's (min, opt, max) where it has symbols (none for static engines), a workspace limit, an
-optional timing cache, then serialise to ``model.trt<version>.plan`` (a plan only runs on the
-TensorRT version and GPU that built it; the manifest records both and opening checks them).
+Build, with Polygraphy (as NVIDIA's diffusion demo does): the exported ONNX parsed from its path
+(external data is read beside it), one optimisation profile from the spec's (min, opt, max)
+where it has symbols (none for static engines), a workspace limit, TF32 off, an optional timing
+cache, serialised to ``model.trt<version>.plan`` (a plan only runs on the TensorRT version and GPU
+that built it; the manifest records both and opening checks them).
 
 Precision: an fp16 export builds as a strongly typed network (the graph's own types, so the
-fp32-pinned normalisation statistics and AudioProj GEMM stay fp32); an fp32 export with ``--fp16``
-builds weakly typed with the FP16 flag (TensorRT picks per layer); a plain fp32 build also turns
-TF32 off, so that it can be checked against fp32 ONNX Runtime at 1e-4.
+fp32-pinned normalisation statistics and AudioProj GEMM stay fp32); that is the only fp16 path on
+TensorRT 11, which removed the weak-typing flags (``BuilderFlag.FP16/INT8/FP8``). On TensorRT 10
+an fp32 export with ``--fp16`` still builds weakly typed (TensorRT picks per layer).
 
-Run: ``execute_async_v3`` on torch's current stream; tensor addresses are set only when a
-buffer changes (a runtime that reuses buffers binds once); static outputs are allocated once.
-Engines given one ``MemoryPool`` share their activation memory (they run one after another).
+Run (hand-written: Polygraphy's runner synchronises after every call and cannot be captured in a
+CUDA graph): ``execute_async_v3`` on torch's current stream (the Session's own non-default
+stream); tensor addresses are set only when a buffer changes and every ``set_*`` call's result
+is checked; static outputs are allocated once from the plan's own dtypes, which must equal the
+spec's. Engines given one ``MemoryPool`` share their activation memory (they run one after
+another).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from .spec import DTYPES, FP32_ONLY, EngineSpec
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30
+# spec dtype -> trt.DataType member
+TRT_DTYPES = {"float32": "FLOAT", "float16": "HALF", "int64": "INT64"}
 FP8_MIN_CC = (8, 9)  # Ada / Hopper
 INT8_MIN_CC = (6, 1)
 
@@ -59,9 +67,16 @@ def _cc(text: str | None) -> tuple[int, int]:
 
 
 def build_plan(
-    spec: EngineSpec, config, onnx_precision: str, compute_capability: str | None
+    spec: EngineSpec,
+    config,
+    onnx_precision: str,
+    compute_capability: str | None,
+    weak_typing: bool = True,
 ) -> BuildPlan:
-    """The builder settings for ``spec`` (ValueError when a flag cannot apply)."""
+    """The builder settings for ``spec`` (ValueError when a flag cannot apply).
+
+    weak_typing: whether this TensorRT still has the weak-typing builder flags (10.x: yes;
+    11.x removed ``BuilderFlag.FP16/INT8/FP8``, see ``has_weak_typing``)."""
     cc = _cc(compute_capability)
     if config.fp8 and cc < FP8_MIN_CC:
         raise ValueError(f"--fp8 needs compute capability >= 8.9; this GPU is {compute_capability}")
@@ -81,6 +96,13 @@ def build_plan(
         for f, on in (("FP16", fp16), ("INT8", config.int8), ("FP8", config.fp8))
         if on and not strongly_typed
     )
+    if flags and not weak_typing:
+        raise ValueError(
+            f"--{'/--'.join(f.lower() for f in flags)} on an fp32 export needs TensorRT's "
+            "weak-typing builder flags, which this TensorRT (11 or later) no longer has: export "
+            "in fp16 (`hallo2rt export --precision fp16`) and build without --fp16; the "
+            "strongly typed fp16 network keeps the fp32 pins"
+        )
     plain_fp32 = onnx_precision == "fp32" and not flags
     profiles = {}
     for t in spec.inputs:
@@ -118,50 +140,76 @@ def check_available(config, env: dict[str, Any]) -> None:
         raise EngineError("TensorRT engines need a CUDA GPU visible to torch; none is here")
 
 
+_LOGGER = None  # one trt.Logger per process (TensorRT warns when a second one is passed)
+
+
 def _logger(trt):
-    return trt.Logger(trt.Logger.WARNING)
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
+
+
+def has_weak_typing(trt) -> bool:
+    """Whether this TensorRT still has the weak-typing flags (removed in 11, deprecated 10.12)."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+def _polygraphy():
+    try:
+        from polygraphy.backend import trt as poly
+    except ImportError as exc:
+        raise EngineError(
+            "building TensorRT engines uses Polygraphy: pip install polygraphy (or "
+            "pip install 'hallo2rt[tensorrt]')"
+        ) from exc
+    return poly
+
+
+def polygraphy_loaders(trt, onnx: Path, plan: BuildPlan, timing_cache: Path | None):
+    """Polygraphy's (network loader, builder config loader) for ``plan``; nothing runs yet."""
+    poly = _polygraphy()
+    network = poly.NetworkFromOnnxPath(str(onnx), strongly_typed=plan.strongly_typed)
+    profiles = None
+    if plan.profiles:
+        profile = poly.Profile()
+        for name, (lo, opt, hi) in plan.profiles.items():
+            profile.add(name, lo, opt, hi)
+        profiles = [profile]
+    pools = {trt.MemoryPoolType.WORKSPACE: plan.workspace_bytes} if plan.workspace_bytes else None
+    config = poly.CreateConfig(
+        tf32=False,  # also for fp16 networks: their fp32 pins are there for precision
+        fp16="FP16" in plan.flags,
+        int8="INT8" in plan.flags,
+        fp8="FP8" in plan.flags,
+        profiles=profiles,
+        memory_pool_limits=pools,
+        load_timing_cache=str(timing_cache) if timing_cache and timing_cache.is_file() else None,
+    )
+    return network, config
 
 
 def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkpoints) -> dict:
-    """Build the plan into ``out``; returns the manifest's build fields."""
+    """Build the plan into ``out`` with Polygraphy; returns the manifest's build fields."""
     from .spec import spec_from_json
 
     trt = _trt()
     spec = spec_from_json(export["spec"])
-    plan = build_plan(spec, config, export["precision"], env.get("compute_capability"))
-    logger = _logger(trt)
-    builder = trt.Builder(logger)
-    flags = 0
-    if plan.strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineError(f"TensorRT could not parse {onnx}: " + "; ".join(errors))
-    bconfig = builder.create_builder_config()
-    if plan.workspace_bytes:
-        bconfig.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
-    for name in plan.flags:
-        bconfig.set_flag(getattr(trt.BuilderFlag, name))
-    for name in plan.clear_flags:
-        bconfig.clear_flag(getattr(trt.BuilderFlag, name))
-    if plan.profiles:
-        profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in plan.profiles.items():
-            profile.set_shape(name, lo, opt, hi)
-        bconfig.add_optimization_profile(profile)
+    plan = build_plan(
+        spec, config, export["precision"], env.get("compute_capability"), has_weak_typing(trt)
+    )
     cache_path = Path(timing_cache) if timing_cache else None
-    if cache_path is not None:
-        data = cache_path.read_bytes() if cache_path.is_file() else b""
-        bconfig.set_timing_cache(bconfig.create_timing_cache(data), False)
-    serialized = builder.build_serialized_network(network, bconfig)
-    if serialized is None:
+    network, bconfig = polygraphy_loaders(trt, onnx, plan, cache_path)
+    try:
+        serialized = _polygraphy().engine_bytes_from_network(
+            network, bconfig, save_timing_cache=str(cache_path) if cache_path else None
+        )
+    except Exception as exc:  # Polygraphy raises PolygraphyException with TensorRT's log
+        raise EngineError(f"TensorRT failed to build {onnx}: {exc}") from exc
+    if not serialized:
         raise EngineError(f"TensorRT failed to build {onnx} (see the log above)")
     artifact = plan_name(trt.__version__)
     (out / artifact).write_bytes(bytes(serialized))
-    if cache_path is not None:
-        cache_path.write_bytes(bytes(bconfig.get_timing_cache().serialize()))
     return {
         "precision": plan.precision,
         "artifact": artifact,
@@ -228,24 +276,42 @@ class TensorRTEngine(Engine):
         self._bound: dict[str, int] = {}
         self._outputs: dict[str, torch.Tensor] = {}
         self._static = not self.spec.profiles
+        self._warned_default_stream = False
 
     def _check_io(self, trt) -> None:
+        """The plan's tensors have the spec's names, directions and dtypes (buffers are
+        allocated from the spec: a dtype mismatch would write past them)."""
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         want_in = [t.name for t in self.spec.inputs]
         want_out = [t.name for t in self.spec.outputs]
+        problems = []
         if sorted(inputs) != sorted(want_in) or sorted(set(names) - set(inputs)) != sorted(
             want_out
         ):
+            problems.append(f"the plan's tensors {names} are not the spec's")
+        else:
+            for t in self.spec.inputs + self.spec.outputs:
+                got = self._engine.get_tensor_dtype(t.name)
+                if got != getattr(trt.DataType, TRT_DTYPES[t.dtype]):
+                    problems.append(f"{t.name} is {got} in the plan, {t.dtype} in the spec")
+        if problems:
             raise EngineError(
-                f"{self.directory}: the plan's tensors {names} do not match the {self.name} "
-                f"spec; rebuild: {self.manifest.get('rebuild')}"
+                f"{self.directory}: the plan does not match the {self.name} spec ("
+                + "; ".join(problems)
+                + f"); rebuild: {self.manifest.get('rebuild')}"
             )
 
     def _set_address(self, name: str, tensor: torch.Tensor) -> None:
         ptr = tensor.data_ptr()
         if self._bound.get(name) != ptr:
-            self._context.set_tensor_address(name, ptr)
+            # False: TensorRT kept the old address (e.g. one not 256-byte aligned); running on
+            # would read stale memory without an error
+            if not self._context.set_tensor_address(name, ptr):
+                raise EngineError(
+                    f"TensorRT refused the address of {self.name}.{name} ({ptr:#x}, "
+                    f"{ptr % 256} bytes past a 256-byte boundary); see the log above"
+                )
             self._bound[name] = ptr
 
     def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -262,8 +328,11 @@ class TensorRTEngine(Engine):
         self._inputs = {t.name: feed[t.name].contiguous() for t in self.spec.inputs}
         for t in self.spec.inputs:
             value = self._inputs[t.name]
-            if not self._static:
-                self._context.set_input_shape(t.name, tuple(value.shape))
+            if not self._static and not self._context.set_input_shape(t.name, tuple(value.shape)):
+                raise EngineError(
+                    f"TensorRT refused shape {tuple(value.shape)} for {self.name}.{t.name} "
+                    f"(profile: {self.spec.profiles}); see the log above"
+                )
             self._set_address(t.name, value)
         for t in self.spec.outputs:
             shape = tuple(self._context.get_tensor_shape(t.name))
@@ -273,6 +342,13 @@ class TensorRTEngine(Engine):
                 self._outputs[t.name] = buf
             self._set_address(t.name, buf)
         stream = torch.cuda.current_stream(self.device)
+        if stream.cuda_stream == 0 and not self._warned_default_stream:
+            log.warning(  # TensorRT adds device-wide syncs on the legacy default stream
+                "%s runs on the default CUDA stream; open it in a Session (`with session:`) "
+                "or under torch.cuda.stream(...)",
+                self.name,
+            )
+            self._warned_default_stream = True
         if not self._context.execute_async_v3(stream.cuda_stream):
             raise EngineError(f"TensorRT failed to run {self.name} (see the log above)")
         return dict(self._outputs)

@@ -6,6 +6,7 @@ that reaches into ``hallo2rt.export`` (imported lazily, DESIGN.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,39 @@ def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkp
     }
 
 
+# (backend object, attribute, value that means "no TF32") in torch's new and legacy APIs; never
+# both (torch refuses to read flags set through a mix of the two)
+_IEEE_NEW = (
+    (lambda: torch.backends.cudnn.conv, "fp32_precision", "ieee"),
+    (lambda: torch.backends.cuda.matmul, "fp32_precision", "ieee"),
+)
+_IEEE_LEGACY = (
+    (lambda: torch.backends.cudnn, "allow_tf32", False),
+    (lambda: torch.backends.cuda.matmul, "allow_tf32", False),
+)
+
+
+def _tf32_switches():
+    new = hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
+    return _IEEE_NEW if new else _IEEE_LEGACY
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """fp32 convolutions and matmuls without TF32 while the block runs (torch turns TF32 on for
+    cuDNN convolutions by default: ~1e-3 relative error, over the 1e-4 gate of fp32 engines);
+    the previous settings come back after."""
+    switches = [(get(), attr, value) for get, attr, value in _tf32_switches()]
+    saved = [getattr(obj, attr) for obj, attr, _ in switches]
+    try:
+        for obj, attr, value in switches:
+            setattr(obj, attr, value)
+        yield
+    finally:
+        for (obj, attr, _), old in zip(switches, saved, strict=True):
+            setattr(obj, attr, old)
+
+
 class TorchEngine(Engine):
     """The wrapper module of ``hallo2rt.export.graphs`` on ``device``."""
 
@@ -114,7 +148,8 @@ class TorchEngine(Engine):
         self._module = module
 
     def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with torch.inference_mode():
+        fp32_cuda = self.device.type == "cuda" and self.manifest["precision"] == "fp32"
+        with torch.inference_mode(), ieee_fp32() if fp32_cuda else contextlib.nullcontext():
             outs = self._module(*(feed[t.name] for t in self.spec.inputs))
         return {t.name: o for t, o in zip(self.spec.outputs, outs, strict=True)}
 

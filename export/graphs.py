@@ -154,7 +154,10 @@ class ReferenceGraph(nn.Module):
         )
 
     def forward(self, latents: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        bank = self.reference(latents, torch.zeros((), dtype=torch.int64), tokens)
+        # the reference runs at t = 0; the step lives on the latents' device (a CPU tensor here
+        # meets CUDA weights in the time embedding)
+        t0 = torch.zeros((), dtype=torch.int64, device=latents.device)
+        bank = self.reference(latents, t0, tokens)
         outs: list[torch.Tensor] = []
         for feat, attn in zip(bank, self.attn1, strict=True):
             k, v = attn.project_kv(round_to_fp16(feat))
@@ -200,8 +203,9 @@ class DenoiserStepGraph(nn.Module):
             scale,
             token_kv=(image_kv, audio_kv),
         )
-        v = v[:1] + cfg_scale * (v[1:] - v[:1])
-        return (coef[0] * latents + coef[1] * v,)
+        v = v[:1] + cfg_scale.to(v.dtype) * (v[1:] - v[:1])
+        # coef is fp32 in every engine (spec: fp32); a no-op cast in fp32 engines
+        return ((coef[0] * latents.float() + coef[1] * v.float()).to(latents.dtype),)
 
 
 def fit_shapes(shapes: GraphShapes, pre: Pretrained) -> GraphShapes:
@@ -397,7 +401,10 @@ def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
         tuple(ins),
         (_t("next_latents", 1, 4, f, lat, lat),),
         notes="both CFG halves (uncond: no reference, zero audio and face), CFG "
-        "combine, DDIM x_prev = coef[0] x + coef[1] v.",
+        "combine, DDIM x_prev = coef[0] x + coef[1] v. coef and cfg_scale stay fp32 in fp16 "
+        "engines and the DDIM update is computed in fp32 (the official scheduler's "
+        "coefficients are fp32 scalars; fp16 would round them to 2^-11).",
+        fp32=("coef", "cfg_scale"),
     )
 
     def make(z, g):

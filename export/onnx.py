@@ -33,7 +33,7 @@ from ..engines.parity import (  # noqa: F401  (ParityError: part of this module'
     compare_fp16,
     compare_fp32,
 )
-from ..engines.spec import FP32_ONLY, EngineSpec
+from ..engines.spec import DTYPES, FP32_ONLY, EngineSpec
 from .checkpoints import load_pretrained
 from .graphs import ENGINE_COMPONENTS, ENGINES, Graph, GraphShapes, build_graph, fit_shapes
 
@@ -152,11 +152,14 @@ def _consolidate(path: Path, spec: EngineSpec) -> int:
     return size
 
 
-def check_io(spec: EngineSpec, path: Path) -> None:
-    """The ONNX graph's inputs/outputs have the spec's names, order, ranks and static dims."""
-    import onnx
+# spec dtype -> ONNX TensorProto elem_type (FLOAT, FLOAT16, INT64)
+ONNX_ELEM_TYPES = {"float32": 1, "float16": 10, "int64": 7}
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+
+def io_problems(spec: EngineSpec, graph) -> list[str]:
+    """How an ONNX graph's inputs/outputs differ from the spec: names and order, element types
+    (a plan or session allocates buffers from the spec: a wrong dtype would write 4-byte values
+    into 2-byte buffers), ranks, static dims, and a dynamic axis where the spec has a symbol."""
     problems = []
     for kind, want, got in (
         ("input", spec.inputs, graph.input),
@@ -166,14 +169,27 @@ def check_io(spec: EngineSpec, path: Path) -> None:
             problems.append(f"{kind} names {[v.name for v in got]} != spec")
             continue
         for t, v in zip(want, got, strict=True):
+            elem = v.type.tensor_type.elem_type
+            if elem != ONNX_ELEM_TYPES[t.dtype]:
+                problems.append(f"{kind} {t.name}: ONNX elem_type {elem}, spec {t.dtype}")
             dims = [
                 d.dim_value if d.HasField("dim_value") else d.dim_param
                 for d in v.type.tensor_type.shape.dim
             ]
-            static = [d for d in t.dims if isinstance(d, int)]
-            got_static = [d for d, w in zip(dims, t.dims, strict=False) if isinstance(w, int)]
-            if len(dims) != len(t.dims) or static != got_static:
+            same = len(dims) == len(t.dims) and all(
+                g == w if isinstance(w, int) else not isinstance(g, int) or g == 0
+                for g, w in zip(dims, t.dims, strict=True)
+            )
+            if not same:
                 problems.append(f"{kind} {t.name}: dims {dims} != spec {list(t.dims)}")
+    return problems
+
+
+def check_io(spec: EngineSpec, path: Path) -> None:
+    """The ONNX graph's inputs/outputs match the spec (``io_problems``); RuntimeError if not."""
+    import onnx
+
+    problems = io_problems(spec, onnx.load(str(path), load_external_data=False).graph)
     if problems:
         raise RuntimeError(
             f"{path}: graph I/O does not match the {spec.name} spec: " + "; ".join(problems)
@@ -209,7 +225,12 @@ def parity_fp16(
     }
     got, attention = check_on_cpu(path, feed)
     with torch.no_grad():  # the same values the fp16 graph saw
-        want = graph.module(*[a.half().float() if a.is_floating_point() else a for a in args])
+        want = graph.module(
+            *[
+                a.to(DTYPES[t.dtype]).float() if a.is_floating_point() else a
+                for t, a in zip(spec16.inputs, args, strict=True)
+            ]
+        )
     what = "fp16 ONNX vs fp32 PyTorch"
     outputs = compare_fp16(spec16, [torch.from_numpy(g) for g in got], want, what, min_cosine)
     return outputs, attention
@@ -242,7 +263,7 @@ def export_engine(
         path = tmp / "model.onnx"
         spec = graph.spec.with_precision(precision)
         if precision == "fp16":
-            half = tuple(a.half() if a.is_floating_point() else a for a in args)
+            half = tuple(a.to(DTYPES[t.dtype]) for t, a in zip(spec.inputs, args, strict=True))
             with _half_weights(graph.module) as module16:
                 _export_fp16(module16, spec, half, path)
             gc.collect()  # the exporter's reference cycles hold the half weights

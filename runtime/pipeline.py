@@ -37,7 +37,7 @@ from .media import MediaError
 from .portrait import Box, Portrait, build_portrait, load_image
 from .sampler import ddim_schedule
 from .sr import SuperResolver
-from .steploop import StepLoop
+from .steploop import step_loop
 from .video import ClipWriter, VideoWriter, host_frames
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def generate(
     ):
         const.update({f"{kind}_mask_{lv}": x for lv, x in enumerate(masks)})
     const = {k: v.to(dev) for k, v in const.items()}
-    loop = StepLoop(session, ddim_schedule(cfg.steps), cfg.cfg_scale, cuda_graph)
+    loop = step_loop(session, ddim_schedule(cfg.steps), cfg.cfg_scale, cuda_graph)
     n_clips = math.ceil(features.frames / f)
     size = portrait.pixels.shape[-1]
     keep_face = portrait.face_region[0, 0].bool()  # (S, S)

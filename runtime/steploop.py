@@ -1,12 +1,20 @@
 """The per-clip step loop on the ``denoiser_step`` engine: eager launches, or one CUDA graph.
 
-Per step only ``denoiser_step`` runs; its time step and DDIM coefficients are rows of device
-tables built once, so the loop never synchronises with the host. On a GPU with a backend whose
-launches can be captured (TensorRT, torch), the whole loop is captured once as a CUDA graph
-(DESIGN.md: a runtime wrapper, not a backend feature): every input lives in a static buffer, the
-clip's conditioning is copied in, the graph replays all steps, and the result is read out. Where
-capture is not possible (CPU, ONNX Runtime, a failed capture) the same steps launch one by one;
-``mode`` says which ran and why.
+Per step only ``denoiser_step`` runs. Its inputs live in buffers the loop owns, allocated once
+per session in the engine's dtypes and 256-byte aligned (TensorRT's documented requirement for
+``set_tensor_address``; a row view of a table would sit at 8 * i bytes): one buffer per step for
+the time step and the DDIM coefficients, one per conditioning input (a clip's conditioning is
+copied in) and one for the latents, which each step overwrites. So the loop never synchronises
+with the host and every call sees the same addresses.
+
+On a GPU with a backend whose launches can be captured (TensorRT, torch) and a static-shape
+denoiser, the whole loop is captured once per session as a CUDA graph (DESIGN.md: a runtime
+wrapper, not a backend feature) and replayed for every clip. Before capturing, one step runs
+under ``capture.capture_hazards`` on the capture stream (the warm-up TensorRT and torch want
+anyway): code that cannot be captured is reported and the loop stays eager, with no capture
+attempted. A capture that fails all the same is never retried on that device in this process
+(a failed capture can leave CUDA and torch's allocator in a state a second one trips on), and
+the current stream is restored whatever happens. ``mode`` says which loop runs and why.
 """
 
 from __future__ import annotations
@@ -17,14 +25,39 @@ from collections.abc import Callable
 import torch
 
 from ..engines.session import Session
+from ..engines.spec import DTYPES
+from .capture import capture_hazards
 from .sampler import DDIMSchedule
 
 log = logging.getLogger(__name__)
 
-CAPTURABLE = (
-    "tensorrt",
-    "torch",
-)  # ORT has its own CUDA-graph option (hallo2rt build --cuda-graph)
+CAPTURABLE = ("tensorrt", "torch")  # ORT has its own CUDA-graph option (build --cuda-graph)
+ALIGN = 256  # bytes; TensorRT: "The pointer must have at least 256-byte alignment"
+LOOP_INPUTS = ("latents", "timestep", "coef", "cfg_scale")  # what the loop itself supplies
+_FAILED_DEVICES: set[str] = set()  # devices where a capture failed in this process
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor whose data starts on an ``ALIGN``-byte boundary, on any device
+    (torch's CUDA allocator aligns to 512 already; its CPU allocator only to 64)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    nbytes = max(1, int(torch.Size(shape).numel())) * itemsize
+    raw = torch.empty(nbytes + ALIGN, dtype=torch.uint8, device=device)
+    skip = -raw.data_ptr() % ALIGN
+    return raw[skip : skip + nbytes].view(dtype).view(shape)
+
+
+def _aligned_copy(value: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    out = aligned_empty(tuple(value.shape), dtype, device)
+    out.copy_(value)
+    return out
+
+
+def step_loop(session: Session, schedule: DDIMSchedule, cfg_scale: float, cuda_graph: bool = True):
+    """The session's loop for these settings: made once per session, so that a CUDA graph is
+    captured once and reused by every later ``generate`` (and by timed benchmark runs)."""
+    key = ("step_loop", tuple(schedule.timesteps.tolist()), cfg_scale, cuda_graph)
+    return session.cached(key, lambda: StepLoop(session, schedule, cfg_scale, cuda_graph))
 
 
 class StepLoop:
@@ -38,79 +71,118 @@ class StepLoop:
         cuda_graph: bool = True,
     ):
         self.session = session
-        engine = session.engines["denoiser_step"]
-        self.device = engine.device
+        self.engine = session.engines["denoiser_step"]
+        self.device = self.engine.device
         self.steps = len(schedule.timesteps)
-        self.timesteps = schedule.timesteps.to(self.device)[:, None]  # (S, 1) int64
-        coef = torch.stack([schedule.a, schedule.b], dim=1)  # (S, 2): x_prev = a x + b v
-        self.coef = coef.to(self.device)
-        self.cfg = torch.tensor([cfg_scale], device=self.device)
+        dtypes = {t.name: DTYPES[t.dtype] for t in self.engine.spec.inputs}
+        self._dtypes = dtypes
+        dev = self.device
+        self.timesteps = [  # (1,) int64 each, one allocation per step
+            _aligned_copy(t.reshape(1), dtypes["timestep"], dev) for t in schedule.timesteps
+        ]
+        self.coefs = [  # (2,) each: x_prev = a x + b v
+            _aligned_copy(torch.stack([a, b]), dtypes["coef"], dev)
+            for a, b in zip(schedule.a, schedule.b, strict=True)
+        ]
+        self.cfg = _aligned_copy(torch.tensor([cfg_scale]), dtypes["cfg_scale"], dev)
+        latents = next(t for t in self.engine.spec.inputs if t.name == "latents")
+        self._x = aligned_empty(tuple(latents.dims), dtypes["latents"], dev)
+        self._static: dict[str, torch.Tensor] = {}
         self._graph: torch.cuda.CUDAGraph | None = None
-        if not cuda_graph:
-            self.mode = "eager (CUDA graphs off)"
-        elif self.device.type != "cuda":
-            self.mode = "eager (CUDA graphs need a GPU)"
-        elif engine.backend not in CAPTURABLE:
-            self.mode = f"eager ({engine.backend} launches are not captured here)"
-        else:
-            self.mode = "cuda-graph"
+        self.mode = self._initial_mode(cuda_graph)
 
-    def _step(self, const: dict[str, torch.Tensor], x: torch.Tensor, i: int) -> torch.Tensor:
-        out = self.session.run(
-            "denoiser_step",
-            **const,
-            latents=x,
-            timestep=self.timesteps[i],
-            coef=self.coef[i],
-            cfg_scale=self.cfg,
-        )
-        return out["next_latents"]
+    def _initial_mode(self, cuda_graph: bool) -> str:
+        if not cuda_graph:
+            return "eager (CUDA graphs off)"
+        if self.device.type != "cuda":
+            return "eager (CUDA graphs need a GPU)"
+        if self.engine.backend not in CAPTURABLE:
+            return f"eager ({self.engine.backend} launches are not captured here)"
+        if self.engine.spec.profiles:
+            return "eager (the denoiser has dynamic shapes)"
+        if str(self.device) in _FAILED_DEVICES:
+            return "eager (a CUDA graph capture failed earlier in this process)"
+        return "cuda-graph"
+
+    def feeds(self, i: int) -> dict[str, torch.Tensor]:
+        """Every input of step ``i``: the loop's own buffers (the addresses an engine sees)."""
+        return {
+            **self._static,
+            "latents": self._x,
+            "timestep": self.timesteps[i],
+            "coef": self.coefs[i],
+            "cfg_scale": self.cfg,
+        }
+
+    def _step(self, i: int) -> None:
+        out = self.session.run("denoiser_step", **self.feeds(i))
+        self._x.copy_(out["next_latents"])  # the engine reuses its output buffer
+
+    def _load(self, const: dict[str, torch.Tensor], noise: torch.Tensor) -> None:
+        """Copy a clip's conditioning and noise into the loop's buffers (allocated once)."""
+        if not self._static:
+            self._static = {
+                k: aligned_empty(tuple(v.shape), self._dtypes[k], self.device)
+                for k, v in const.items()
+            }
+        for name, value in const.items():
+            self._static[name].copy_(value)
+        self._x.copy_(noise)
 
     def __call__(
         self,
         const: dict[str, torch.Tensor],
         noise: torch.Tensor,
         on_step: Callable[[int], None] | None = None,
+        eager: bool = False,
     ) -> torch.Tensor:
-        """Denoise one clip. const: every denoiser_step input but latents, timestep, coef and
-        cfg_scale; noise: (1, 4, F, h, w). Returns the clean latents (a new tensor)."""
-        if self.mode == "cuda-graph":
-            try:
-                return self._replay(const, noise, on_step)
-            except Exception as exc:  # capture is best effort; the eager loop is the reference
-                self.mode = f"eager (CUDA graph capture failed: {type(exc).__name__}: {exc})"
-                self._graph = None
-                log.warning("falling back to per-step launches: %s", self.mode)
-        x = noise
+        """Denoise one clip. const: every denoiser_step input but the loop's own
+        (``LOOP_INPUTS``); noise: (1, 4, F, h, w). Returns the clean latents (a new tensor).
+        ``eager``: launch the steps one by one even where a graph is captured (comparisons)."""
+        self._load(const, noise)
+        if self.mode == "cuda-graph" and not eager:
+            if self._graph is None:
+                self._capture()
+            if self._graph is not None:
+                self._graph.replay()
+                for i in range(self.steps) if on_step is not None else ():
+                    on_step(i)
+                return self._x.clone()
         for i in range(self.steps):
-            x = self._step(const, x, i).clone()  # the engine reuses its output buffer
+            self._step(i)
             if on_step is not None:
-                on_step(i)
-        return x
-
-    def _replay(self, const, noise, on_step) -> torch.Tensor:
-        if self._graph is None:
-            self._capture(const, noise)
-        for name, value in const.items():
-            self._static[name].copy_(value)
-        self._x.copy_(noise)
-        self._graph.replay()
-        if on_step is not None:
-            for i in range(self.steps):
                 on_step(i)
         return self._x.clone()
 
-    def _capture(self, const, noise) -> None:
-        self._static = {k: v.detach().clone() for k, v in const.items()}
-        self._x = noise.detach().clone()
+    def _capture(self) -> None:
+        """Probe, warm up and capture the loop on a side stream; on any problem, stay eager."""
+        main = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):  # warm-up outside the capture (allocations, autotuning)
-            self._step(self._static, self._x, 0)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for i in range(self.steps):
-                self._x.copy_(self._step(self._static, self._x, i))
-        self._graph = graph
-        log.info("captured the %d-step loop as one CUDA graph", self.steps)
+        side.wait_stream(main)
+        x0 = self._x.clone()
+        try:
+            with torch.cuda.stream(side):  # restores the current stream however this ends
+                # warm-up (allocations, autotuning, TensorRT's first enqueue) and the probe
+                hazards = capture_hazards(lambda: self._step(0))
+                if hazards:
+                    self.mode = "eager (not capturable: " + "; ".join(hazards[:3]) + ")"
+                    log.warning("CUDA graph not captured: %s", self.mode)
+                    return
+                side.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: the writer thread's allocations and copies stay legal meanwhile
+                graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    for i in range(self.steps):
+                        self._step(i)
+                finally:
+                    graph.capture_end()
+            self._graph = graph
+            log.info("captured the %d-step loop as one CUDA graph", self.steps)
+        except Exception as exc:  # the eager loop is the reference; never capture here again
+            _FAILED_DEVICES.add(str(self.device))
+            self.mode = f"eager (CUDA graph capture failed: {type(exc).__name__}: {exc})"
+            log.warning("falling back to per-step launches: %s", self.mode)
+        finally:
+            main.wait_stream(side)
+            self._x.copy_(x0)  # the warm-up step moved the latents; captured steps did not run

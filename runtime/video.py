@@ -225,6 +225,13 @@ class ClipWriter:
         uint8 frames (not modified afterwards)."""
         if self._error is not None:
             raise self._error
+        if ready is None and pixels.device.type == "cuda":
+            # the worker copies on its own stream: it must wait for the kernels that made
+            # ``pixels`` (super-resolution's last blends may still be queued on this stream)
+            import torch
+
+            ready = torch.cuda.Event()
+            ready.record()
         self._queue.put((pixels, ready))
         self.clips_put += 1
 

@@ -488,8 +488,9 @@ class Denoiser(_UNet):
         t = st.tokens_in(x)
         n1 = tb.norm1(t)
         f = ctx.frames
-        # official interleaving: frame j reads ref[(F + j) % 2] (a constant Gather when exported)
-        rows = torch.tensor([(f + k) % 2 for k in range(f)], device=x.device)
+        # official interleaving: frame j reads ref[(F + j) % 2]. Made on the device by arange,
+        # not from a Python list: a list is a host-to-device copy, illegal in a CUDA graph capture
+        rows = (torch.arange(f, device=x.device) + f) % 2
         a_u = tb.attn1(n1[:f])  # uncond half: plain self-attention, no reference
         k_self, v_self = tb.attn1.project_kv(n1[f:])
         k = torch.cat([k_self, k_ref.index_select(0, rows).to(k_self.dtype)], dim=1)  # (F, 2L, C)
