@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,42 @@ def test_clip_writer_encodes_in_order_and_hands_back_worker_errors(tmp_path):
             sink.put(clips[0])
         sink.close()
     assert not list(tmp_path.glob("*bad*"))
+
+
+def test_gpu_frames_put_without_an_event_get_one_before_the_worker_copies(monkeypatch):
+    """Super-resolution hands finished frames over without an event; the worker copies on its
+    own stream, so put() must record one on the caller's stream (GPU_REVIEW #4)."""
+    from hallo2rt.runtime import video
+
+    events = []
+
+    class FakeEvent:
+        def __init__(self):
+            self.recorded = False
+            events.append(self)
+
+        def record(self):
+            self.recorded = True
+
+    handed = []
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(
+        video, "host_frames", lambda pixels, ready: handed.append(ready) or np.zeros((1, 4, 4, 3))
+    )
+
+    class Writer:
+        def write(self, frames):
+            pass
+
+        def close(self, trim_audio=False):
+            pass
+
+    gpu_frames = types.SimpleNamespace(device=torch.device("cuda"))
+    sink = video.ClipWriter(Writer())
+    sink.put(gpu_frames)
+    given = FakeEvent()
+    sink.put(gpu_frames, given)  # an event from the caller is used as it is
+    sink.put(torch.zeros(1, 4, 4, 3, dtype=torch.uint8))  # CPU frames need none
+    sink.close()
+    assert handed[0] is events[0] and events[0].recorded
+    assert handed[1] is given and handed[2] is None and len(events) == 2
