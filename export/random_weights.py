@@ -31,6 +31,8 @@ from .checkpoints import (
     UNET_CONFIG,
     VAE_DIR,
     WAV2VEC_DIR,
+    Pretrained,
+    strict_load,
 )
 from .config import (
     CodeFormerConfig,
@@ -44,7 +46,7 @@ from .config import (
     VAEConfig,
     Wav2Vec2Config,
 )
-from .modules import build_module
+from .modules import COMPONENTS, build_module
 from .modules.unet import _PositionalEncoding
 
 log = logging.getLogger(__name__)
@@ -221,20 +223,22 @@ def _legacy_vae_key(key: str) -> str:
 def _random_tensor(
     key: str, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Scaled so activations stay O(1) through deep stacks; never zero."""
+    """Scaled so activations stay O(1) through deep stacks; never zero. Made on the
+    generator's device."""
+    dev = gen.device
     if key.endswith("num_batches_tracked"):  # BatchNorm's step counter (int64, unused in eval)
-        return torch.zeros(shape, dtype=torch.int64)
+        return torch.zeros(shape, dtype=torch.int64, device=dev)
     if key.endswith("running_var"):  # must be positive
-        return (0.5 + torch.rand(shape, generator=gen)).to(dtype)
+        return (0.5 + torch.rand(shape, generator=gen, device=dev)).to(dtype)
     if key.endswith("pos_encoder.pe"):
-        return _PositionalEncoding(shape[2], shape[1]).pe.to(dtype)  # the real table
+        return _PositionalEncoding(shape[2], shape[1]).pe.to(dev, dtype)  # the real table
     if len(shape) >= 2:
         fan_in = math.prod(shape[1:])
-        t = torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+        t = torch.randn(shape, generator=gen, device=dev) / math.sqrt(fan_in)
     elif key.endswith("weight") or key.endswith("weight_g"):
-        t = 1.0 + 0.1 * torch.randn(shape, generator=gen)  # norm scales (and weight-norm g)
+        t = 1.0 + 0.1 * torch.randn(shape, generator=gen, device=dev)  # norm scales, weight-norm g
     else:
-        t = 0.02 * torch.randn(shape, generator=gen)  # biases
+        t = 0.02 * torch.randn(shape, generator=gen, device=dev)  # biases
     return t.to(dtype)
 
 
@@ -284,6 +288,39 @@ def make_random_pretrained(
         log.info("wrote %s (%d tensors)", spec.path, len(sd))
         del sd
     return cfg
+
+
+def random_pretrained(
+    size: str = "tiny",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    components: Iterable[str] | None = None,
+) -> Pretrained:
+    """Seeded random modules built directly in ``device`` memory (nothing written to disk):
+    what ``load_pretrained`` returns for a random tree, without the ~10 GB tree. Each tensor is
+    drawn in fp32 from its own generator on ``device`` seeded by (seed, component, key), then
+    cast to ``dtype``: an fp16 build holds the fp32 build's values rounded. (Values differ
+    from ``make_random_pretrained``'s, whose generators run on the CPU.)"""
+    if size not in CONFIGS:
+        raise ValueError(f"size must be one of {sorted(CONFIGS)}, got {size!r}")
+    cfg = CONFIGS[size]()
+    device = torch.device(device)
+    names = list(components or COMPONENTS)
+    out = Pretrained(config=cfg, files={n: f"random:{size}:{seed}" for n in names})
+    for name in names:
+        with torch.device("meta"):
+            module = build_module(name, cfg)
+        sd = {}
+        for key, value in module.state_dict().items():
+            gen = torch.Generator(device=device).manual_seed(_key_seed(seed, name, key))
+            sd[key] = _random_tensor(key, tuple(value.shape), gen, torch.float32)
+        if name == "face_detector":  # the planting works on the release's 'module.' keys
+            planted = {f"module.{k}": v for k, v in sd.items()}
+            _plant_face(planted, cfg.retinaface)
+            sd = {k[len("module.") :]: v.to(device) for k, v in planted.items()}
+        out.modules[name] = strict_load(module, sd, f"random {name}", dtype)
+    return out
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "bench": "measure frames per second and per-stage latency",
     "demo": "run the whole pipeline on tiny random weights and bundled media (no downloads)",
     "doctor": "report what this machine can run (GPU, CUDA, TensorRT, ONNX Runtime)",
+    "proof": "run every GPU check and measurement of the project in one time budget",
 }
 ERROR_EXIT = 1
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -185,6 +186,21 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, help="write the stage breakdown as a PNG")
 
 
+def _add_proof_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", type=float, default=480, help="seconds for all sections")
+    p.add_argument("--out", type=Path, default=Path("proof"), help="proof.jsonl, proof.md here")
+    p.add_argument("--device", default="auto", help="cpu or cuda[:N] (auto: cuda if present)")
+    p.add_argument(
+        "--size",
+        choices=("auto", "tiny", "full"),
+        default="auto",
+        help="model size (auto: the released shapes on a GPU, the tiny model on a CPU)",
+    )
+    p.add_argument("--steps", type=int, default=40, help="DDIM steps of every clip")
+    p.add_argument("--clips", type=int, default=1, help="timed clips after one warm-up clip")
+    p.add_argument("--only", help="comma-separated sections (default: all)")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults, except the empty ones (None, False) whose help already says what happens."""
 
@@ -296,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="hash every engine artifact against its manifest (slow for large engines)",
             )
+        elif name == "proof":
+            _add_proof_options(p)
         elif name == "demo":
             p.add_argument("--out", type=Path, default=Path("demo.mp4"), help="output .mp4")
             p.add_argument(
@@ -714,6 +732,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report.engines_ok else ERROR_EXIT
 
 
+def cmd_proof(args: argparse.Namespace) -> int:
+    from hallo2rt.benchmarks.proof import ProofConfig, failed, markdown, run_proof
+
+    cfg = ProofConfig(
+        budget_s=args.budget,
+        device=args.device,
+        size=args.size,
+        steps=args.steps,
+        clips=args.clips,
+        only=tuple(n.strip() for n in args.only.split(",")) if args.only else (),
+    )
+    records = run_proof(cfg, args.out, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(markdown(records))
+    problems = failed(records)
+    for line in problems:
+        print(f"hallo2rt proof: FAILED {line}", file=sys.stderr)
+    print(f"wrote {args.out / 'proof.jsonl'} and {args.out / 'proof.md'}", file=sys.stderr)
+    return ERROR_EXIT if problems else 0
+
+
 COMMANDS = {
     "generate": cmd_generate,
     "upscale": cmd_upscale,
@@ -722,6 +760,7 @@ COMMANDS = {
     "build": cmd_build,
     "doctor": cmd_doctor,
     "bench": cmd_bench,
+    "proof": cmd_proof,
 }
 
 

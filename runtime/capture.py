@@ -40,6 +40,8 @@ def _syncs(func, kwargs: dict) -> bool:
     if name == "aten::repeat_interleave":  # counts in a tensor: the output size is its sum
         return func._overloadname != "self_int" and kwargs.get("output_size") is None
     return name in HOST_SYNC_OPS
+
+
 _TORCH_DIR = str(Path(torch.__file__).parent)
 _HERE = str(Path(__file__))
 
