@@ -385,9 +385,17 @@ def run_benchmark(
             records.append({"kind": "super_resolution", **sr_throughput(session, cfg), **_SR})
         records.append(_memory(dev))
         return records
+    used: list[float] = []  # device memory in use after each phase
+
+    def phase_done() -> None:
+        now = device_used_mb(dev)
+        if now is not None:
+            used.append(now)
+
     with session, tempfile.TemporaryDirectory() as tmp:
         log("engine latencies ...")
         latency = engine_latencies(session, cfg)
+        phase_done()
         for name, stats in latency.items():
             records.append(
                 {
@@ -399,6 +407,7 @@ def run_benchmark(
             )
         log("generation ...")
         gen = generation_only(session, cfg)
+        phase_done()
         records.append(
             {
                 "kind": "generation",
@@ -412,6 +421,7 @@ def run_benchmark(
                 raise ValueError("--baseline official needs the modules: --checkpoints/--random")
             log("official-style baseline ...")
             base = baseline_only(modules, session, cfg)
+            phase_done()
             records.append(
                 {
                     "kind": "generation",
@@ -423,6 +433,7 @@ def run_benchmark(
             )
         log("end to end ...")
         e2e = end_to_end(session, cfg, Path(tmp))
+        phase_done()
         records.append(
             {
                 "kind": "end_to_end",
@@ -434,6 +445,7 @@ def run_benchmark(
         if cfg.upscale > 1:
             log(f"super-resolution x{cfg.upscale} ...")
             records.append({"kind": "super_resolution", **sr_throughput(session, cfg), **_SR})
+            phase_done()
     shares = stage_shares(latency, calls_per_clip(session, cfg, cfg.clips), encode_s)
     records.append(
         {
@@ -457,7 +469,7 @@ def run_benchmark(
             "frames; other shapes report none",
         }
     )
-    records.append(_memory(dev))
+    records.append(_memory(dev, used))
     return records
 
 
@@ -467,18 +479,29 @@ _SR = {
 }
 
 
-def _memory(dev: torch.device) -> dict[str, Any]:
+def device_used_mb(dev: torch.device) -> float | None:
+    """Memory in use on the whole GPU now (every allocator: torch's, TensorRT's, ORT's arenas),
+    None on the CPU. Read between phases, never from a thread: cudaMemGetInfo during another
+    thread's graph capture would break the capture."""
+    if dev.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(dev)
+    return (total - free) / 2**20
+
+
+def _memory(dev: torch.device, used: list[float] | None = None) -> dict[str, Any]:
+    """Peaks: host RSS; torch's allocator (misses TensorRT's and ORT's own memory); and the
+    whole device's use, sampled at the end of each phase (``used``; arenas and pools do not
+    shrink, so their peak is still in use at the phase's end)."""
+    samples = [u for u in [*(used or []), device_used_mb(dev)] if u is not None]
     return {
         "kind": "memory",
         "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "gpu_peak_torch_allocated_mb": (
             torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
         ),
-        "gpu_used_mb_at_end": (
-            (lambda f, t: (t - f) / 2**20)(*torch.cuda.mem_get_info(dev))
-            if dev.type == "cuda"
-            else None
-        ),
+        "gpu_device_used_peak_mb": max(samples) if samples else None,
+        "gpu_used_mb_at_end": samples[-1] if samples else None,
     }
 
 
@@ -554,7 +577,9 @@ def markdown(records: list[dict[str, Any]]) -> str:
     lines.append(
         f"\nHost peak RSS {mem['host_peak_rss_mb']:.0f} MB"
         + (
-            f"; GPU peak (torch allocator) {mem['gpu_peak_torch_allocated_mb']:.0f} MB"
+            f"; GPU peak (torch allocator) {mem['gpu_peak_torch_allocated_mb']:.0f} MB, "
+            f"device in use at most {mem['gpu_device_used_peak_mb']:.0f} MB (all allocators, "
+            "sampled after each phase)"
             if mem["gpu_peak_torch_allocated_mb"] is not None
             else ""
         )

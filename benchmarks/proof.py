@@ -332,19 +332,13 @@ def _super_resolution(ctx: Context) -> dict[str, Any]:
 
 
 def _memory(ctx: Context) -> dict[str, Any]:
-    import resource
+    from .bench import _memory as peaks
 
-    out: dict[str, Any] = {
-        "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    }
+    out = peaks(ctx.device)
+    del out["kind"]
     if ctx.gpu:
-        free, total = torch.cuda.mem_get_info(ctx.device)
-        out.update(
-            torch_peak_allocated_mb=torch.cuda.max_memory_allocated(ctx.device) / 2**20,
-            torch_peak_reserved_mb=torch.cuda.max_memory_reserved(ctx.device) / 2**20,
-            device_used_now_mb=(total - free) / 2**20,
-            note="torch's allocator peaks; device_used_now also counts TensorRT and ORT pools",
-        )
+        out["gpu_peak_torch_reserved_mb"] = torch.cuda.max_memory_reserved(ctx.device) / 2**20
+        out["note"] = "device figures count every allocator; torch's only its own"
     return {"result": out}
 
 
@@ -668,8 +662,8 @@ def _headline(r: dict[str, Any]) -> str:
         "onnxruntime_cuda": lambda: f"{res['min_psnr_db_vs_torch']:.1f} dB vs torch",
         "tensorrt": lambda: f"{res['min_psnr_db_vs_torch']:.1f} dB vs torch; {res['step_loop']}",
         "memory": lambda: (
-            f"torch peak {res['torch_peak_allocated_mb']:.0f} MB"
-            if "torch_peak_allocated_mb" in res
+            f"device in use {res['gpu_device_used_peak_mb']:.0f} MB"
+            if res.get("gpu_device_used_peak_mb")
             else f"host RSS {res['host_peak_rss_mb']:.0f} MB"
         ),
     }
