@@ -16,7 +16,7 @@ from hallo2rt.export.graphs import GraphShapes
 from hallo2rt.runtime.pipeline import RunConfig, generate
 from hallo2rt.runtime.portrait import build_portrait, load_image
 from hallo2rt.runtime.sampler import ddim_schedule
-from hallo2rt.runtime.steploop import StepLoop
+from hallo2rt.runtime.steploop import StepLoop, step_loop
 
 from .media_helpers import write_audio
 
@@ -182,4 +182,6 @@ def test_cuda_graph_loop_equals_eager_steps(tiny, tiny_onnx):
     with session:
         eager = [c.frames for c in generate(session, portrait, feats, cfg, cuda_graph=False)]
         graph = [c.frames for c in generate(session, portrait, feats, cfg, cuda_graph=True)]
+        # the graph really ran: no silent fall back to per-step launches
+        assert step_loop(session, ddim_schedule(3), cfg.cfg_scale).mode == "cuda-graph"
     assert all(_psnr(a, b).min() >= 40 for a, b in zip(eager, graph, strict=True))
