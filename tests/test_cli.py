@@ -14,9 +14,10 @@ def test_help_lists_every_subcommand():
     out = subprocess.run(
         [sys.executable, "-m", "hallo2rt.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for name in ("export", "build", "generate", "upscale", "bench", "demo", "doctor"):
+    names = {"export", "build", "generate", "upscale", "bench", "demo", "doctor", "proof"}
+    for name in names:
         assert name in out
-    assert set(SUBCOMMANDS) == {"export", "build", "generate", "upscale", "bench", "demo", "doctor"}
+    assert set(SUBCOMMANDS) == names
 
 
 def test_every_subcommand_is_built():
