@@ -1,4 +1,5 @@
-"""The official clip loop, written out step by step with our faithful modules (HALLO2.md §1.5-1.8).
+"""The official clip loop, written out step by step with our faithful modules
+(docs/model.md §1.5-1.8).
 
 It is the baseline of ``hallo2rt bench --baseline official`` and the reference the pipeline test
 compares against, so one implementation serves both. It keeps the official structure and its

@@ -41,7 +41,7 @@ import torch
 from ..engines.session import GENERATION, Session
 from ..engines.spec import random_feed
 
-# HALLO2.md §5: denoiser FLOP per generated frame at 512 x 512, 16 frames, 40 steps, CFG 3.5
+# docs/model.md §5: denoiser FLOP per generated frame at 512 x 512, 16 frames, 40 steps, CFG 3.5
 TFLOP_PER_FRAME = {"official": 137.9, "ours": 123.8}
 STAGES = {  # engine -> stage of the breakdown
     "audio_encoder": "audio",
@@ -465,8 +465,8 @@ def run_benchmark(
             "denoiser_tflops_achieved": tflop_step / step_s if tflop_step else None,
             "gpu_fp16_gemm_tflops_measured": peak,
             "share_of_gemm_peak": (tflop_step / step_s / peak) if tflop_step and peak else None,
-            "note": "FLOP counts from HALLO2.md §5 apply to the released model at 512 x 512, 16 "
-            "frames; other shapes report none",
+            "note": "FLOP counts from docs/model.md §5 apply to the released model at 512 x 512, "
+            "16 frames; other shapes report none",
         }
     )
     records.append(_memory(dev, used))

@@ -1,4 +1,4 @@
-"""The reference-bank contract between the ReferenceNet and the denoiser (HALLO2.md §1.9).
+"""The reference-bank contract between the ReferenceNet and the denoiser (docs/model.md §1.9).
 
 Shared by the graphs (``export``) and the runtime that feeds them, so it lives here.
 """
@@ -34,7 +34,7 @@ def reference_token_rows(motion_frames: int = 2) -> tuple[list[int], list[int]]:
 
     Official batch: per half b, [r, m1..mM]; row i reads token i % 2. Rows are independent in the
     ReferenceNet, so the reference rows (constant per video) can run once and only the motion
-    rows per clip (HALLO2.md §6.3): M = 2 gives ref [u, c] and motion [c, u, u, c].
+    rows per clip (docs/model.md §6.3): M = 2 gives ref [u, c] and motion [c, u, u, c].
     """
     per_half = motion_frames + 1
     ref = [(b * per_half) % 2 for b in (0, 1)]

@@ -37,12 +37,12 @@ from .spec import DTYPES, ENGINE_NAMES, EngineSpec, random_feed, spec_from_json
 
 log = logging.getLogger(__name__)
 
-ENGINE_ORDER = ENGINE_NAMES  # builds run in DESIGN.md's order
+ENGINE_ORDER = ENGINE_NAMES  # builds run in docs/architecture.md's order
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """What changes an engine's bytes (hashed into its cache key, STYLE.md §7)."""
+    """What changes an engine's bytes (hashed into its cache key, docs/style.md §7)."""
 
     backend: str  # "onnxruntime" | "tensorrt" | "torch"
     device: str = "cpu"  # "cpu" or "cuda[:N]": where the engine runs (tensorrt: cuda only)
@@ -92,7 +92,7 @@ class BuildConfig:
 
 
 def exported_engines(onnx_dir: Path, only: Iterable[str] | None = None) -> list[str]:
-    """Engine names present in an export directory, in DESIGN.md's order."""
+    """Engine names present in an export directory, in docs/architecture.md's order."""
     if not onnx_dir.is_dir():
         raise EngineError(f"{onnx_dir} does not exist: run `hallo2rt export` first")
     present = [n for n in ENGINE_ORDER if (onnx_dir / n / MANIFEST).is_file()]

@@ -1,10 +1,11 @@
-"""One ``Engine`` interface over TensorRT, ONNX Runtime and PyTorch (DESIGN.md "Backends").
+"""One ``Engine`` interface over TensorRT, ONNX Runtime and PyTorch (docs/architecture.md,
+"Backends").
 
 An engine is a context manager; ``infer(feed)`` takes a dict of tensors on the engine's device
 (validated against the spec) and returns a dict of output tensors. Outputs may live in buffers the
 next call reuses: copy what you keep. Public methods check state and inputs; each backend
 implements three hooks (``_open``, ``_infer``, ``_close``) and a ``build`` function, in its own
-module, imported only when used (STYLE.md §5-6).
+module, imported only when used (docs/style.md §5-6).
 
 ``open_engine(directory)`` reads the manifest a build wrote, refuses a stale or corrupt engine with
 a message that says how to rebuild, and returns the backend's engine, unopened.

@@ -1,4 +1,5 @@
-"""Engine directories describe themselves (STYLE.md §9, DESIGN.md "Engine cache and manifest").
+"""Engine directories describe themselves (docs/style.md §9; docs/architecture.md, "Engine cache
+and manifest").
 
 An engine directory holds, per engine, ``<name>/manifest.json`` beside the artifact. This module
 reads and checks manifests, collects the facts of the machine a build ran on (tool versions, GPU),

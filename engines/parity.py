@@ -1,4 +1,5 @@
-"""Parity numbers between an engine's outputs and a reference (STYLE.md §3, DESIGN.md policy).
+"""Parity numbers between an engine's outputs and a reference (docs/style.md §3; the policy in
+docs/architecture.md).
 
 fp32 against fp32: max |diff| <= tol * max |ref| per output (the spec may loosen an output and
 says why). Anything in fp16: cosine >= 0.999 per output, computed in float64 (over millions of
@@ -14,8 +15,8 @@ import torch.nn.functional as F
 
 from .spec import EngineSpec
 
-FP32_REL_TOL = 1e-4  # DESIGN.md: max |diff| <= 1e-4 * max |ref| per output
-FP16_MIN_COSINE = 0.999  # DESIGN.md: fp16 vs fp32, cosine per output
+FP32_REL_TOL = 1e-4  # docs/architecture.md: max |diff| <= 1e-4 * max |ref| per output
+FP16_MIN_COSINE = 0.999  # docs/architecture.md: fp16 vs fp32, cosine per output
 
 
 class ParityError(RuntimeError):

@@ -1,4 +1,5 @@
-"""``Session``: the engines one generation uses, opened once per process (DESIGN.md "Runtime").
+"""``Session``: the engines one generation uses, opened once per process (docs/architecture.md,
+"Runtime").
 
 The runtime talks to engines only through ``Session.run(name, **inputs)``: inputs are moved to
 the engine's device and cast to its spec's dtypes, outputs come back on the session's device.

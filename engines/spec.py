@@ -1,4 +1,4 @@
-"""EngineSpec: the one description of an engine's inputs and outputs (STYLE.md §1).
+"""EngineSpec: the one description of an engine's inputs and outputs (docs/style.md §1).
 
 ONNX export, parity checks, (later) TensorRT profiles, buffer allocation and feed validation all
 read it; nothing restates an engine's I/O elsewhere. Dims are ints, or symbol names with a
@@ -21,7 +21,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int
 # (half=False officially; cheap, and its box exponentials and thresholds are range-sensitive).
 FP32_ONLY = ("audio_encoder", "face_restorer", "face_detector")
 
-# DESIGN.md's engine table, in its order (export, build and the doctor list engines this way).
+# docs/architecture.md's engine table, in its order (export, build and the doctor list engines
+# this way).
 ENGINE_NAMES = (
     "audio_encoder",
     "audio_proj",
@@ -36,7 +37,7 @@ ENGINE_NAMES = (
     "face_detector",
     "face_parser",
 )
-# the engines of --upscale (HALLO2.md §2.8); the others make the 512^2 video
+# the engines of --upscale (docs/model.md §2.8); the others make the 512^2 video
 SUPER_RESOLUTION = ("face_detector", "face_restorer", "bg_upsampler", "face_parser")
 GENERATION = tuple(n for n in ENGINE_NAMES if n not in SUPER_RESOLUTION)
 
@@ -70,7 +71,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class EngineSpec:
-    name: str  # one of DESIGN.md's engine names
+    name: str  # one of docs/architecture.md's engine names
     inputs: tuple[TensorSpec, ...]  # in graph order
     outputs: tuple[TensorSpec, ...]  # in graph order
     profiles: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # symbol: min/opt/max

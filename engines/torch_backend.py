@@ -1,7 +1,7 @@
 """The torch backend: the export wrappers themselves, in eager mode (optionally
 ``torch.compile``). It is the reference and the fallback; its "artifact" is the checkpoint tree
 the export came from, checked against the hashes the export recorded. This is the one backend
-that reaches into ``hallo2rt.export`` (imported lazily, DESIGN.md).
+that reaches into ``hallo2rt.export`` (imported lazily, docs/architecture.md).
 """
 
 from __future__ import annotations

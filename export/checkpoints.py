@@ -1,9 +1,9 @@
-"""Strict loading of the official ``pretrained_models/`` layout (HALLO2.md §3).
+"""Strict loading of the official ``pretrained_models/`` layout (docs/model.md §3).
 
 One table says which files each component reads (``COMPONENT_FILES``); one table per checkpoint
-names every rename and reshape with the reason (STYLE.md §8). A run asks only for the components
-it uses; every missing file is reported at once, before any weight is read, and a key mismatch
-raises one error listing missing, unexpected and mis-shaped keys.
+names every rename and reshape with the reason (docs/style.md §8). A run asks only for the
+components it uses; every missing file is reported at once, before any weight is read, and a key
+mismatch raises one error listing missing, unexpected and mis-shaped keys.
 """
 
 from __future__ import annotations

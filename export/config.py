@@ -1,7 +1,7 @@
 """Architecture configs of every Hallo2 component, read from the files of the official layout.
 
-STYLE.md §7: frozen dataclasses, one comment per field, checks in ``__post_init__`` that name the
-field and the value. Nothing here reads files: ``checkpoints.py`` reads them and calls the
+docs/style.md §7: frozen dataclasses, one comment per field, checks in ``__post_init__`` that name
+the field and the value. Nothing here reads files: ``checkpoints.py`` reads them and calls the
 ``from_*`` constructors, so a notebook can build any config by hand.
 
 Where the official code fixes a dimension in Python rather than in a config file (the Hallo2
@@ -658,7 +658,7 @@ class ParseNetConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything the weights need, read from the checkpoint tree (STYLE.md §7)."""
+    """Everything the weights need, read from the checkpoint tree (docs/style.md §7)."""
 
     unet: UNetConfig = field(default_factory=UNetConfig)  # both UNets
     motion: MotionConfig = field(default_factory=MotionConfig)  # denoiser additions

@@ -1,4 +1,5 @@
-"""One pure export wrapper and one EngineSpec per engine (DESIGN.md "Engines", STYLE.md §1-2).
+"""One pure export wrapper and one EngineSpec per engine (docs/architecture.md, "Engines";
+docs/style.md §1-2).
 
 Each wrapper takes the spec's inputs positionally and returns the spec's outputs as a tuple: no
 dicts, no hooks, no state. ``build_graph(name, pretrained, shapes)`` returns the wrapper, its spec
@@ -99,7 +100,7 @@ class AudioEncoderGraph(nn.Module):
 class ImageProjGraph(nn.Module):
     """Embedding (1, E) -> tokens (2, T, C) = [image_proj(0), image_proj(embedding)] and, per
     hooked denoiser block, the keys and values of its image cross-attention over them (2, T, C_i):
-    constant over the video, so ``denoiser_step`` does not project them (HALLO2.md §6.5)."""
+    constant over the video, so ``denoiser_step`` does not project them (docs/model.md §6.5)."""
 
     def __init__(self, proj: nn.Module, denoiser: nn.Module):
         super().__init__()
@@ -119,7 +120,7 @@ class ImageProjGraph(nn.Module):
 class AudioProjGraph(nn.Module):
     """Windows (1, F, 5, layers, C) -> per hooked block, the keys and values of its three audio
     cross-attentions over the rows [zeros (uncond) x F, audio_proj(windows) x F], each
-    (2F, Ta, D_i): constant over the clip's steps (HALLO2.md §6.6)."""
+    (2F, Ta, D_i): constant over the clip's steps (docs/model.md §6.6)."""
 
     def __init__(self, proj: nn.Module, denoiser: nn.Module):
         super().__init__()
@@ -359,7 +360,7 @@ def _reference_unet(pre: Pretrained, s: GraphShapes) -> Graph:
         {"rows": (2, rows, rows)},
         "t = 0; per video 2 reference rows (keep K/V), per clip 2M motion rows (keep features); "
         "tokens per row follow the official tiling (engines.bank.reference_token_rows). K/V "
-        "project the fp16-rounded features (HALLO2.md §7): a 1e-6 feature difference can flip "
+        "project the fp16-rounded features (docs/model.md §7): a 1e-6 feature difference can flip "
         "an element's fp16 rounding by one ulp (~5e-4 relative), hence their looser tolerance.",
         tolerances={"ref_k_": 1e-3, "ref_v_": 1e-3},
     )

@@ -3,8 +3,8 @@
 ``export_engines(checkpoints, out, ...)`` loads what the requested engines need (every missing
 file reported before anything is written), then per engine: export with the spec's names and
 symbolic dims, check the graph's I/O against the spec, run it in ONNX Runtime (CPU) on random
-inputs at the spec shapes, compare with the wrapper (DESIGN.md thresholds; beyond them the export
-fails and names the output) and write ``model.onnx`` (+ external data when large) with
+inputs at the spec shapes, compare with the wrapper (docs/architecture.md thresholds; beyond them
+the export fails and names the output) and write ``model.onnx`` (+ external data when large) with
 ``manifest.json``. Each engine directory appears only when complete.
 """
 

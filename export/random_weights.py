@@ -115,7 +115,7 @@ def tiny_config() -> ModelConfig:
 
 
 def full_config() -> ModelConfig:
-    """The released model's architecture (HALLO2.md §2)."""
+    """The released model's architecture (docs/model.md §2)."""
     return ModelConfig(
         codeformer=CodeFormerConfig(),
         rrdb=RRDBConfig(),
@@ -149,8 +149,8 @@ def official_layout(
     """Files, keys and shapes of the official layout for ``cfg``, built on the meta device.
 
     ``include_unused`` adds the SD1.5 UNet weights and the AnimateDiff motion module, which the
-    official code loads only to have net.pth overwrite them (HALLO2.md §1.4): hallo2rt never reads
-    them. ``legacy_vae_names`` writes the VAE attention as query/key/value/proj_attn, as the
+    official code loads only to have net.pth overwrite them (docs/model.md §1.4): hallo2rt never
+    reads them. ``legacy_vae_names`` writes the VAE attention as query/key/value/proj_attn, as the
     released sd-vae-ft-mse file does.
     """
     net = {}

@@ -1,4 +1,4 @@
-"""The ``hallo2rt`` console script: a thin parser over library functions (STYLE.md §12).
+"""The ``hallo2rt`` console script: a thin parser over library functions (docs/style.md §12).
 
 Each subcommand imports only what it needs. Errors with a clear cause (bad input, a stale or
 missing engine, a missing package) print one line and exit 1; Ctrl-C exits 130.

@@ -1,5 +1,5 @@
 """Driving audio: decode, resample, cut into the official 60 s segments, wav2vec features,
-5-frame windows (HALLO2.md §1.3).
+5-frame windows (docs/model.md §1.3).
 
 Decoding uses PyAV (any container/codec its FFmpeg reads). The encoder itself is passed in as a
 callable, so this module works with any backend and never imports model code.
@@ -93,7 +93,7 @@ def plan_segments(
     segment_seconds: int = SEGMENT_SECONDS,
 ) -> list[Segment]:
     """The official cut: 60 s segments; only the *last* is padded, to a multiple of
-    ``clip_frames`` of its *own* frame count (HALLO2.md §1.3, §7), so the total may still not
+    ``clip_frames`` of its *own* frame count (docs/model.md §1.3, §7), so the total may still not
     be a multiple of 16 and the clip loop drops the tail (``N // 16`` clips)."""
     if n_samples <= 0:
         raise MediaError("the driving audio is empty")
@@ -257,7 +257,7 @@ class TensorFeatures:
         self.audio_length = audio_length if audio_length is not None else self.frames
 
     def windows(self, start: int, count: int) -> torch.Tensor:
-        """(count, 5, layers, C) windows of frames start.. (HALLO2.md §1.3)."""
+        """(count, 5, layers, C) windows of frames start.. (docs/model.md §1.3)."""
         return self.features[_window_index(start, count, self.frames)]
 
 
@@ -300,7 +300,7 @@ class StreamedFeatures:
         return self._cache[k]
 
     def windows(self, start: int, count: int) -> torch.Tensor:
-        """(count, 5, layers, C) windows of frames start.. (HALLO2.md §1.3)."""
+        """(count, 5, layers, C) windows of frames start.. (docs/model.md §1.3)."""
         idx = _window_index(start, count, self.frames)
         lo, hi = int(idx.min()), int(idx.max())
         first = int(np.searchsorted(self.offsets, lo, side="right")) - 1

@@ -1,6 +1,6 @@
 """Face box, 5 keypoints and the ArcFace embedding from the official ``face_analysis/models/``
 ONNX files (SCRFD-10G detector, glintr100 recogniser) through onnxruntime, without insightface
-(HALLO2.md §1.2): our own anchor decoding, NMS, similarity alignment and warp.
+(docs/model.md §1.2): our own anchor decoding, NMS, similarity alignment and warp.
 
 As the official code: detection at 640x640 (aspect kept, padded bottom-right), score threshold
 0.5, NMS 0.4, the largest face by box area, the *raw* (un-normalised) 512-d embedding of the

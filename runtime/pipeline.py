@@ -1,6 +1,6 @@
-"""The clip loop: a portrait and driving audio -> 16-frame clips (HALLO2.md §1.5-1.8).
+"""The clip loop: a portrait and driving audio -> 16-frame clips (docs/model.md §1.5-1.8).
 
-Work happens at the frequency the math needs (HALLO2.md §6): image tokens, the face-locator
+Work happens at the frequency the math needs (docs/model.md §6): image tokens, the face-locator
 feature (one frame, broadcast), the reference latent, its ReferenceNet rows and their keys/values
 once per video; per clip the two motion frames (pixel mask, VAE encode), their ReferenceNet rows
 (4 instead of the official 6) and the audio tokens' cross-attention keys/values; per step only

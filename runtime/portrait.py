@@ -1,4 +1,4 @@
-"""The source portrait: pixels, the face region and the three mask pyramids (HALLO2.md §1.2).
+"""The source portrait: pixels, the face region and the three mask pyramids (docs/model.md §1.2).
 
 The official code takes the face and lip rectangles from mediapipe landmarks; here they come
 from a face box (and optionally a lip box) given by the caller. From the rectangles on, the

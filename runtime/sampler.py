@@ -1,7 +1,7 @@
 """DDIM as Hallo2 runs it: linear betas rescaled to zero terminal SNR, trailing spacing,
-v-prediction, eta 0, classifier-free guidance (HALLO2.md §1.7).
+v-prediction, eta 0, classifier-free guidance (docs/model.md §1.7).
 
-Small pure functions (STYLE.md §4): ``ddim_schedule`` precomputes the timesteps and, per step,
+Small pure functions (docs/style.md §4): ``ddim_schedule`` precomputes the timesteps and, per step,
 the two coefficients of ``x_prev = a_t * x + b_t * v``; ``sample`` runs the loop and never knows
 which backend computes ``denoise``. Nothing here syncs with the host inside the loop.
 """
@@ -48,7 +48,7 @@ def ddim_schedule(
 
     beta_schedule is "linear" (the official switch to scaled_linear happens after the scheduler
     is built and has no effect). The previous timestep is ``t - train_steps // steps`` (not the
-    next listed timestep; they differ when ``steps`` does not divide 1000, HALLO2.md §7), and
+    next listed timestep; they differ when ``steps`` does not divide 1000, docs/model.md §7), and
     the final step targets alpha_cumprod = 1.
     """
     if not 1 <= steps <= train_steps:

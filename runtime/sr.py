@@ -1,4 +1,4 @@
-"""Streamed high resolution (HALLO2.md §2.8): temporal face restoration + background upsampling.
+"""Streamed high resolution (docs/model.md §2.8): temporal face restoration + background upsampling.
 
 ``SuperResolver`` takes frames as they are made and returns upscaled uint8 frames a window at a
 time, holding at most one window of input frames and the encoder features of the frames a window

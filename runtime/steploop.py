@@ -8,8 +8,8 @@ copied in) and one for the latents, which each step overwrites. So the loop neve
 with the host and every call sees the same addresses.
 
 On a GPU with a backend whose launches can be captured (TensorRT, torch) and a static-shape
-denoiser, the whole loop is captured once per session as a CUDA graph (DESIGN.md: a runtime
-wrapper, not a backend feature) and replayed for every clip. Before capturing, one step runs
+denoiser, the whole loop is captured once per session as a CUDA graph (docs/architecture.md: a
+runtime wrapper, not a backend feature) and replayed for every clip. Before capturing, one step runs
 under ``capture.capture_hazards`` on the capture stream (the warm-up TensorRT and torch want
 anyway): code that cannot be captured is reported and the loop stays eager, with no capture
 attempted. A capture that fails all the same is never retried on that device in this process

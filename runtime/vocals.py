@@ -1,6 +1,6 @@
 """``--separate-vocals``: the official MDX-Net vocal separation
 (``audio_separator/Kim_Vocal_2.onnx`` through onnxruntime) with our own STFT chunking, as
-audio-separator runs it (HALLO2.md §1.3).
+audio-separator runs it (docs/model.md §1.3).
 
 At 44.1 kHz stereo: overlapping chunks of ``hop * (dim_t - 1)`` samples (25% overlap, Hann
 cross-fade), each turned into a (1, 4, dim_f, dim_t) spectrogram [L re, L im, R re, R im] with the

@@ -1,6 +1,6 @@
 """Hallo2's temporal CodeFormer (``hallo2/net_g.pth``, key ``params_ema``), written for export.
 
-Same math as ``basicsr/archs/codeformer_arch.py`` (HALLO2.md §2.8) with the export hazards of §4
+Same math as ``basicsr/archs/codeformer_arch.py`` (docs/model.md §2.8) with the export hazards of §4
 removed: attention through ``scaled_dot_product_attention`` (no head-averaged weights), SiLU for
 the scripted swish, codebook lookup by gather instead of a one-hot scatter + matmul, AdaIN written
 out with the unbiased variance, no CPU round trip of the skip features.

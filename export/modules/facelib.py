@@ -1,4 +1,5 @@
-"""The two facelib networks of Hallo2's super-resolution path (HALLO2.md §2.8), written for export.
+"""The two facelib networks of Hallo2's super-resolution path (docs/model.md §2.8), written for
+export.
 
 - ``RetinaFace``: RetinaFace-ResNet50 (``facelib/detection_Resnet50_Final.pth``): a torchvision
   ResNet body (``body.``), an FPN over layer2..layer4, one SSH context module per level and

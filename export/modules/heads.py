@@ -19,7 +19,7 @@ class FaceLocator(nn.Module):
 
     mask (N, 3, H, W) in [0, 1] -> (N, C0, H/8, W/8). 3x3 convs, SiLU after each except conv_out
     (AnimateAnyone's PoseGuider, which Hallo2's FaceLocator is). The official code runs it on 16
-    identical frames per clip; it is per image, so one frame suffices (HALLO2.md §6.5).
+    identical frames per clip; it is per image, so one frame suffices (docs/model.md §6.5).
     """
 
     def __init__(self, cfg: HeadsConfig):

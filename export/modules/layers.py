@@ -24,7 +24,8 @@ def _norm_in_fp32(fn, x: torch.Tensor, arg, weight, bias, eps: float) -> torch.T
 
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm whose statistics are computed in fp32 for fp16 inputs (same keys; a no-op in
-    fp32). fp16 exports thus keep normalisation in fp32 (HALLO2.md §6.11, DESIGN.md)."""
+    fp32). fp16 exports thus keep normalisation in fp32 (docs/model.md §6.11,
+    docs/architecture.md)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
@@ -209,5 +210,6 @@ class TimestepEmbedding(nn.Module):
 
 
 def round_to_fp16(x: torch.Tensor) -> torch.Tensor:
-    """Round to fp16 precision, keep the dtype (HALLO2.md §7: the reader casts banks to fp16)."""
+    """Round to fp16 precision, keep the dtype (docs/model.md §7: the reader casts banks to
+    fp16)."""
     return x if x.dtype == torch.float16 else x.to(torch.float16).to(x.dtype)

@@ -1,4 +1,4 @@
-"""RealESRGAN RRDBNet (``realesrgan/RealESRGAN_x2plus.pth``), run untiled (HALLO2.md §2.8)."""
+"""RealESRGAN RRDBNet (``realesrgan/RealESRGAN_x2plus.pth``), run untiled (docs/model.md §2.8)."""
 
 from __future__ import annotations
 

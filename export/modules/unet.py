@@ -5,7 +5,7 @@ they differ only in what a "layer" does (``_layer``). Activations are ``(rows, C
 denoiser rows = 2 * F (uncond frames first, then cond frames), which is exactly what Hallo2's
 inflated 3-D layers compute.
 
-The reference "bank" of the official code (HALLO2.md §1.9) is explicit here: the ReferenceNet
+The reference "bank" of the official code (docs/model.md §1.9) is explicit here: the ReferenceNet
 returns the ``norm1`` output of each of its spatial transformer blocks, in ``hooked_blocks``
 order; the denoiser takes them back as inputs, split by ``split_reference_bank``.
 """
@@ -209,12 +209,12 @@ class _TemporalTransformer(nn.Module):
 
 
 class MotionModule(nn.Module):
-    """VanillaTemporalModule with the motion frames prepended (HALLO2.md §1.10).
+    """VanillaTemporalModule with the motion frames prepended (docs/model.md §1.10).
 
     ``forward(x, motion, batch)``: x (B*F, C, H, W) clip frames; motion (B, M, L, C) motion-frame
     features (ReferenceNet norm1 outputs); returns (B*F, C, H, W). The motion frames sit at temporal
     positions 0..M-1, the clip at M..M+F-1. Everything after the last temporal attention is
-    per-token, so it runs on the F clip frames only (HALLO2.md §6.7; same math).
+    per-token, so it runs on the F clip frames only (docs/model.md §6.7; same math).
     """
 
     def __init__(self, ch: int, cfg: MotionConfig):
@@ -435,7 +435,7 @@ class Denoiser(_UNet):
                 [MotionModule(ch[i], motion) for _ in range(cfg.layers_per_block)]
             )
             if cfg.down_has_attn[i]:
-                # Official: audio width = the layer's *input* channels (HALLO2.md §2.4).
+                # Official: audio width = the layer's *input* channels (docs/model.md §2.4).
                 ins = [ch[max(i - 1, 0)] if j == 0 else ch[i] for j in range(cfg.layers_per_block)]
                 blk.audio_modules = nn.ModuleList(
                     [AudioModule(ch[i], d, heads, adim, g) for d in ins]
@@ -471,7 +471,7 @@ class Denoiser(_UNet):
         """Reference features (2, L, C) per hooked block -> their keys and values (2, L, C).
 
         The reader projects the fp16-rounded ReferenceNet features with each block's own
-        attn1.to_k / to_v (HALLO2.md §1.9); they depend only on the portrait, so this runs once
+        attn1.to_k / to_v (docs/model.md §1.9); they depend only on the portrait, so this runs once
         per video rather than in every step (§6.2).
         """
         out = []
@@ -509,7 +509,7 @@ class Denoiser(_UNet):
     def token_kv(
         self, image_tokens: torch.Tensor | None, audio_tokens: torch.Tensor | None
     ) -> tuple[list | None, list | None]:
-        """Keys/values of the cross-attention tokens, projected once (HALLO2.md §6.5-6.6): they
+        """Keys/values of the cross-attention tokens, projected once (docs/model.md §6.5-6.6): they
         are constant over a video (image tokens) or a clip (audio tokens), not per step.
 
         image_tokens (2, T, Ctx) -> per hooked block (K, V), each (2, T, C); audio_tokens

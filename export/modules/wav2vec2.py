@@ -1,5 +1,5 @@
 """wav2vec2-base as Hallo2 uses it: features interpolated to the video frame rate *before* the
-transformer, all transformer layers returned (HALLO2.md §1.3, §2.6).
+transformer, all transformer layers returned (docs/model.md §1.3, §2.6).
 
 Parameter names are the checkpoint's with ``wav2vec2.`` stripped, ``lm_head`` and
 ``masked_spec_embed`` dropped and the positional conv's weight norm folded into ``weight``

@@ -1,6 +1,6 @@
 """The official network's quirks, each pinned by a test that fails if the quirk is lost.
 
-HALLO2.md §1.4 (train branch), §1.8 (CFG halves), §1.9 (bank and interleaving), §1.10 (motion
+docs/model.md §1.4 (train branch), §1.8 (CFG halves), §1.9 (bank and interleaving), §1.10 (motion
 frames), §1.11 (audio branches and motion_scale), §7 (fp16-rounded reference features).
 """
 
@@ -251,7 +251,7 @@ def test_cond_frames_alternate_between_the_two_reference_rows(tiny, frames):
 def test_hooked_attention_equals_the_official_concat_then_overwrite(tiny):
     """Official reader: all 2F rows attend [x; ref tiled] (K/V projected every step), then the
     uncond rows are overwritten by plain self-attention. Ours never computes the overwritten part
-    and projects the reference once (HALLO2.md §6.1-2); the result must be the same."""
+    and projects the reference once (docs/model.md §6.1-2); the result must be the same."""
     den = tiny["denoiser"]
     st = den.up_blocks[3].attentions[2]
     tb = st.transformer_blocks[0]

@@ -74,7 +74,7 @@ def test_reference_configs_parse_to_the_full_config(reference_dir):
     assert list(full.codeformer.connect_list) == cf["connect_list"]
 
 
-# HALLO2.md §2.1, counted from the official classes on the meta device.
+# docs/model.md §2.1, counted from the official classes on the meta device.
 PARAMS = {
     "vae_encoder": 34_163_664,
     "vae_decoder": 49_490_199,
@@ -109,7 +109,7 @@ def test_denoiser_hooks_sixteen_blocks_in_the_official_pairing():
     assert ref.hooked_blocks == den.hooked_blocks
     assert len(ref.hooked_blocks) == 16
     shapes = ref.hooked_shapes((64, 64))
-    # HALLO2.md §2.3: 5 x (4096, 320), 5 x (1024, 640), 5 x (256, 1280), 1 x (64, 1280)
+    # docs/model.md §2.3: 5 x (4096, 320), 5 x (1024, 640), 5 x (256, 1280), 1 x (64, 1280)
     assert sorted(shapes) == sorted(
         [(4096, 320)] * 5 + [(1024, 640)] * 5 + [(256, 1280)] * 5 + [(64, 1280)]
     )

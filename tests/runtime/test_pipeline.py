@@ -310,7 +310,7 @@ def test_interrupt_mid_run_leaves_no_output_or_what_was_finished(models, tmp_pat
 
 
 def test_pipeline_equals_the_official_clip_loop_written_out(tiny, portrait):
-    """HALLO2.md §1.5-1.8 step by step with the modules (``benchmarks.baseline``: 6-row
+    """docs/model.md §1.5-1.8 step by step with the modules (``benchmarks.baseline``: 6-row
     ReferenceNet every clip, reference projected every step, motion frames through the CPU
     [0, 1] round trip, one CPU generator, fp16 noise) vs the runtime's cached, reordered
     pipeline."""
