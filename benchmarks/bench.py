@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engines.session import GENERATION, Session
-from ..engines.spec import random_feed
+from ..engines.spec import GENERATION, random_feed
+from ..runtime.session import Session
 
 # docs/model.md §5: denoiser FLOP per generated frame at 512 x 512, 16 frames, 40 steps, CFG 3.5
 TFLOP_PER_FRAME = {"official": 137.9, "ours": 123.8}
@@ -144,7 +144,7 @@ def calls_per_clip(session: Session, cfg: BenchConfig, clips: int) -> dict[str, 
 
 
 def _portrait(size: int, embedding_dim: int):
-    from hallo2rt.cli import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX
+    from hallo2rt.demo import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX
     from hallo2rt.runtime.portrait import build_portrait, load_image, parse_box
 
     rgb = load_image(ASSETS / "portrait.jpg")
@@ -265,7 +265,7 @@ def sr_throughput(session: Session, cfg: BenchConfig) -> dict[str, Any]:
 
 def end_to_end(session: Session, cfg: BenchConfig, workdir: Path) -> dict[str, float]:
     """``generate_video`` with a synthetic tone of ``clips`` clips, to a finished MP4."""
-    from hallo2rt.cli import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX
+    from hallo2rt.demo import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX
     from hallo2rt.runtime.pipeline import RunConfig, generate_video
     from hallo2rt.runtime.portrait import parse_box
 
@@ -346,7 +346,7 @@ def gemm_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float
 
 
 def environment(session: Session) -> dict[str, Any]:
-    from hallo2rt.engines.doctor import _driver
+    from hallo2rt.engines.doctor import driver_version
     from hallo2rt.engines.manifest import environment as env
 
     out = env(str(session.device), "tensorrt")  # versions of torch, ORT and TensorRT (or None)
@@ -354,7 +354,7 @@ def environment(session: Session) -> dict[str, Any]:
         platform=platform.platform(),
         machine=platform.machine(),
         cpus=os.cpu_count(),
-        driver=_driver() if session.device.type == "cuda" else None,
+        driver=driver_version() if session.device.type == "cuda" else None,
         engines=session.describe(),
         shapes={
             "size": getattr(session, "size", None),

@@ -46,19 +46,19 @@ def child(seconds: float, engines: str | None, steps: int, workdir: Path, upscal
     """One generation in this process; returns its numbers."""
     import numpy as np
 
-    from hallo2rt.cli import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX, _cache_dir, demo_model
-    from hallo2rt.engines.session import Session
+    from hallo2rt.assemble import load_torch_session
+    from hallo2rt.demo import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX, cache_dir, demo_model
     from hallo2rt.engines.spec import run_engines
-    from hallo2rt.engines.torch_backend import load_torch_session
     from hallo2rt.runtime.pipeline import RunConfig, generate_video
     from hallo2rt.runtime.portrait import parse_box
+    from hallo2rt.runtime.session import Session
 
     audio = workdir / f"tone-{seconds:g}s.wav"
     _write_tone(audio, seconds)
     if engines:
         session = Session.open(engines, names=run_engines(upscale=upscale > 1))
     else:
-        session = load_torch_session(demo_model(_cache_dir()), "cpu", size=64, upscale=upscale > 1)
+        session = load_torch_session(demo_model(cache_dir()), "cpu", size=64, upscale=upscale > 1)
     start = time.perf_counter()
     with session:
         out = generate_video(

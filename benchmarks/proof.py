@@ -93,7 +93,7 @@ class Context:
         return GraphShapes() if self.size == "full" else GraphShapes(size=64, frames=16)
 
     def pretrained(self, fp16: bool):
-        from hallo2rt.export.random_weights import random_pretrained
+        from hallo2rt.random_weights import random_pretrained
 
         dtype = torch.float16 if fp16 else torch.float32
         key = "pre16" if fp16 else "pre32"
@@ -103,7 +103,7 @@ class Context:
 
     def session(self, fp16: bool):
         """An open Session of torch engines (generation and super-resolution)."""
-        from hallo2rt.engines.torch_backend import session_from_pretrained
+        from hallo2rt.assemble import session_from_pretrained
 
         def make():
             names = GENERATION + SUPER_RESOLUTION
@@ -150,11 +150,13 @@ def _check(what: str, value: float | None, bound: float, kind: str, above: bool 
 
 
 def _environment(ctx: Context) -> dict[str, Any]:
-    from hallo2rt.engines.doctor import _driver
+    from hallo2rt.engines.doctor import driver_version
     from hallo2rt.engines.manifest import environment
 
     env = environment(str(ctx.device), "tensorrt")
-    env.update(driver=_driver() if ctx.gpu else None, model=ctx.size, budget_s=ctx.cfg.budget_s)
+    env.update(
+        driver=driver_version() if ctx.gpu else None, model=ctx.size, budget_s=ctx.cfg.budget_s
+    )
     try:
         import onnxruntime
 
@@ -187,8 +189,9 @@ def _weights(ctx: Context) -> dict[str, Any]:
 
 def _step_loop(ctx: Context) -> dict[str, Any]:
     """The 40-step loop on the fp16 denoiser: captured as one CUDA graph, replay vs eager."""
+    from hallo2rt.engines.bank import LOOP_INPUTS
     from hallo2rt.runtime.sampler import ddim_schedule
-    from hallo2rt.runtime.steploop import LOOP_INPUTS, StepLoop
+    from hallo2rt.runtime.steploop import StepLoop
 
     from .bench import time_calls
 
@@ -277,12 +280,14 @@ def _clip_psnr(ctx: Context) -> dict[str, Any]:
 
 def _generation(ctx: Context) -> dict[str, Any]:
     """Generation frames/s of the runtime and of the official-style loop, same weights/inputs."""
-    from hallo2rt.export.checkpoints import GENERATION as GEN_COMPONENTS
+    from hallo2rt.export.checkpoints import GENERATION_COMPONENTS
 
     from .bench import baseline_only, generation_only
 
     session = ctx.session(fp16=ctx.fp16)
-    modules = {k: v for k, v in ctx.pretrained(ctx.fp16).modules.items() if k in GEN_COMPONENTS}
+    modules = {
+        k: v for k, v in ctx.pretrained(ctx.fp16).modules.items() if k in GENERATION_COMPONENTS
+    }
     bcfg = ctx.bench_config()
     ours = generation_only(session, bcfg)
     base = baseline_only(modules, session, bcfg)
@@ -348,7 +353,7 @@ def _tiny_tree(ctx: Context) -> tuple[Path, Any]:
     def make():
         from hallo2rt.export.graphs import GraphShapes
         from hallo2rt.export.onnx import export_engines
-        from hallo2rt.export.random_weights import make_random_pretrained
+        from hallo2rt.random_weights import make_random_pretrained
 
         root = ctx.workdir / "tiny_models"
         make_random_pretrained(root, "tiny", seed=ctx.cfg.seed, include_unused=False)
@@ -361,9 +366,9 @@ def _tiny_tree(ctx: Context) -> tuple[Path, Any]:
 
 def _against_torch(ctx: Context, engines_dir: Path) -> dict[str, Any]:
     """One clip on built engines against the same clip on torch engines (tiny model, GPU)."""
-    from hallo2rt.engines.session import Session
-    from hallo2rt.engines.torch_backend import load_torch_session
+    from hallo2rt.assemble import load_torch_session
     from hallo2rt.runtime.sampler import ddim_schedule
+    from hallo2rt.runtime.session import Session
     from hallo2rt.runtime.steploop import step_loop
 
     root, shapes = _tiny_tree(ctx)
@@ -447,10 +452,10 @@ def _sanitizer(ctx: Context) -> dict[str, Any]:
 
 def upscaled_clip(device: str) -> None:
     """The sanitizer child: one tiny clip generated and upscaled x2 to an MP4."""
-    from hallo2rt.cli import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX
-    from hallo2rt.engines.torch_backend import session_from_pretrained
+    from hallo2rt.assemble import session_from_pretrained
+    from hallo2rt.demo import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX
     from hallo2rt.export.graphs import GraphShapes, fit_shapes
-    from hallo2rt.export.random_weights import random_pretrained
+    from hallo2rt.random_weights import random_pretrained
     from hallo2rt.runtime.pipeline import RunConfig, generate_video
     from hallo2rt.runtime.portrait import parse_box
 

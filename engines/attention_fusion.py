@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
 INLINE_BELOW = 64 << 10  # external tensors read into the graph proto: shape constants, not weights
-_ITEMSIZE = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.DOUBLE: 8}
+_ITEMSIZE: dict[int, int] = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.DOUBLE: 8}
 
 Dims = tuple  # per axis: int (static), str (symbolic) or None (unknown)
 

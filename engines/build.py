@@ -37,7 +37,6 @@ from .spec import DTYPES, ENGINE_NAMES, EngineSpec, random_feed, spec_from_json
 
 log = logging.getLogger(__name__)
 
-ENGINE_ORDER = ENGINE_NAMES  # builds run in docs/architecture.md's order
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def exported_engines(onnx_dir: Path, only: Iterable[str] | None = None) -> list[
     """Engine names present in an export directory, in docs/architecture.md's order."""
     if not onnx_dir.is_dir():
         raise EngineError(f"{onnx_dir} does not exist: run `hallo2rt export` first")
-    present = [n for n in ENGINE_ORDER if (onnx_dir / n / MANIFEST).is_file()]
+    present = [n for n in ENGINE_NAMES if (onnx_dir / n / MANIFEST).is_file()]
     if only:
         wanted = list(dict.fromkeys(only))
         missing = [n for n in wanted if n not in present]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .build import ENGINE_ORDER
 from .engine import artifact_path, verify_artifact
 from .manifest import MANIFEST, EngineError, environment, read_manifest, stale_fields
+from .spec import ENGINE_NAMES
 
 
 @dataclass
@@ -47,7 +47,7 @@ def _version(module: str) -> str:
         return f"broken ({type(exc).__name__}: {exc})"
 
 
-def _driver() -> str:
+def driver_version() -> str:
     try:
         from cuda.bindings import driver
 
@@ -159,7 +159,7 @@ def engine_states(directory: Path, verify: bool = False) -> tuple[list[str], boo
     if not directory.is_dir():
         return [f"{directory} does not exist"], False
     lines, ok = [], True
-    names = [n for n in ENGINE_ORDER if (directory / n).is_dir()]
+    names = [n for n in ENGINE_NAMES if (directory / n).is_dir()]
     names += sorted(
         p.name
         for p in directory.iterdir()
@@ -173,7 +173,7 @@ def engine_states(directory: Path, verify: bool = False) -> tuple[list[str], boo
         ok &= good
         lines.append(f"{name}: {state}")
     lines += [f"{p}: an interrupted build or export (safe to delete)" for p in partial]
-    missing = [n for n in ENGINE_ORDER if n not in names]
+    missing = [n for n in ENGINE_NAMES if n not in names]
     if missing:
         lines.append(f"not present: {', '.join(missing)}")
     return lines, ok
@@ -241,7 +241,7 @@ def doctor(engines: str | Path | None = None, verify: bool = False) -> Report:
             f"torch built with CUDA {torch.version.cuda}"
             if torch.version.cuda
             else "torch is a CPU-only build",
-            _driver(),
+            driver_version(),
         ],
     )
     r.add("GPUs", _gpus())

@@ -9,6 +9,7 @@ an error naming the field and the command that rebuilds it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -45,7 +46,7 @@ def sha256_files(paths: Iterable[str | Path]) -> str:
         path = Path(path)
         if path.is_file():
             with open(path, "rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 24), b""):
+                for block in iter(functools.partial(f.read, 1 << 24), b""):
                     h.update(block)
     return h.hexdigest()
 

@@ -232,7 +232,7 @@ class OrtEngine(Engine):
             and device.type == "cuda"
             and not self.spec.profiles
         )
-        self._sess = None
+        self._sess: Any = None  # onnxruntime.InferenceSession once open
         self._stream = 0  # the CUDA stream ORT was given at open (0: its own)
 
     def _open(self) -> None:
@@ -269,7 +269,7 @@ class OrtEngine(Engine):
         for t in tensors:
             if all(isinstance(d, int) for d in t.dims):
                 self._buffers[t.name] = torch.empty(
-                    t.dims, dtype=DTYPES[t.dtype], device=self.device
+                    t.shape({}), dtype=DTYPES[t.dtype], device=self.device
                 )
         # every output bound now, in spec (= graph) order: get_outputs() keeps this order, and
         # rebinding a name later replaces it in place

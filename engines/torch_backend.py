@@ -75,7 +75,7 @@ def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkp
 # (backend object, attribute, value that means "no TF32") in torch's new and legacy APIs; never
 # both (torch refuses to read flags set through a mix of the two)
 _IEEE_NEW = (
-    (lambda: torch.backends.cudnn.conv, "fp32_precision", "ieee"),
+    (lambda: torch.backends.cudnn.conv, "fp32_precision", "ieee"),  # type: ignore[attr-defined]
     (lambda: torch.backends.cuda.matmul, "fp32_precision", "ieee"),
 )
 _IEEE_LEGACY = (
@@ -114,7 +114,7 @@ class TorchEngine(Engine):
         super().__init__(directory, manifest, device)
         self.checkpoints = options.get("checkpoints")
         self._given = options.get("module")  # an already-loaded wrapper (from_graph)
-        self._module = None
+        self._module: Any = None
 
     @classmethod
     def from_graph(cls, graph, device: torch.device, precision: str = "fp32") -> TorchEngine:
@@ -143,9 +143,8 @@ class TorchEngine(Engine):
         graph = build_graph(self.name, pre, GraphShapes(**self.manifest["shapes"]))
         dtype = torch.float16 if self.manifest["precision"] == "fp16" else torch.float32
         module = graph.module.to(self.device, dtype).eval()
-        if self.manifest["build"].get("compile"):
-            module = torch.compile(module)
-        self._module = module
+        compiled = self.manifest["build"].get("compile")
+        self._module = torch.compile(module) if compiled else module
 
     def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fp32_cuda = self.device.type == "cuda" and self.manifest["precision"] == "fp32"
@@ -159,66 +158,3 @@ class TorchEngine(Engine):
 
 ENGINE = TorchEngine
 
-
-def session_from_pretrained(
-    pre,
-    shapes,
-    device: str | torch.device = "cpu",
-    fp16: bool = False,
-    names: tuple[str, ...] | None = None,
-):
-    """A ``Session`` of torch engines ``names`` (default: generation) over loaded checkpoints
-    (no build step)."""
-    from hallo2rt.export.graphs import build_graph, fit_shapes
-
-    from .session import GENERATION, Session
-
-    names = names or GENERATION
-    shapes = fit_shapes(shapes, pre)
-    device = torch.device(device)
-    engines = {
-        name: TorchEngine.from_graph(
-            build_graph(name, pre, shapes),
-            device,
-            "fp16" if fp16 and name not in FP32_ONLY else "fp32",
-        )
-        for name in names
-    }
-    return Session(engines, device, names)
-
-
-def load_torch_session(
-    checkpoints: str | Path,
-    device: str = "cpu",
-    fp16: bool = False,
-    size: int = 512,
-    frames: int = 16,
-    generation: bool = True,
-    upscale: bool = False,
-):
-    """Load the components of an official ``pretrained_models/`` tree as a Session of torch
-    engines at ``size`` x ``size``, ``frames`` frames per clip: those of a generation and/or
-    those of super-resolution (``upscale``)."""
-    from hallo2rt.export.checkpoints import GENERATION as GEN_COMPONENTS
-    from hallo2rt.export.checkpoints import SUPER_RESOLUTION as SR_COMPONENTS
-    from hallo2rt.export.checkpoints import load_pretrained
-    from hallo2rt.export.graphs import GraphShapes
-
-    from .spec import run_engines
-
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EngineError(
-            "--device cuda was requested but torch sees no CUDA GPU here; use "
-            "--device cpu or install a CUDA build of torch"
-        )
-    if fp16 and dev.type == "cpu":
-        raise EngineError(
-            "--dtype fp16 needs a GPU (CPU fp16 convolutions are ~1000x slower); "
-            "use --dtype fp32 on the CPU"
-        )
-    components = (GEN_COMPONENTS if generation else ()) + (SR_COMPONENTS if upscale else ())
-    names = run_engines(generation, upscale)
-    pre = load_pretrained(checkpoints, components)
-    shapes = GraphShapes(size=size, frames=frames)
-    return session_from_pretrained(pre, shapes, dev, fp16, names)

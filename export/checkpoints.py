@@ -85,7 +85,7 @@ COMPONENT_FILES: dict[str, tuple[str, ...]] = {
     "face_detector": (FACE_DETECTOR,),
     "face_parser": (FACE_PARSER,),
 }
-GENERATION = (
+GENERATION_COMPONENTS = (
     "vae_encoder",
     "vae_decoder",
     "reference_unet",
@@ -95,7 +95,6 @@ GENERATION = (
     "audio_proj",
     "audio_encoder",
 )  # what --upscale 1 needs
-SUPER_RESOLUTION = ("face_detector", "face_restorer", "bg_upsampler", "face_parser")
 
 # --- renames and reshapes, each with its reason --------------------------------------------------
 # (pattern, replacement, why); applied in order with re.sub on every key.

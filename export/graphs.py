@@ -16,11 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engines.bank import (
+    AUDIO_BRANCHES,
+    MASK_KINDS,
+    audio_kv_names,
+    denoiser_input_names,
+    image_kv_names,
+    mask_name,
+    motion_name,
+    reference_kv_names,
+)
 from ..engines.spec import ENGINE_NAMES, EngineSpec, TensorSpec
 from .checkpoints import Pretrained
 from .modules.layers import round_to_fp16
 
-ENGINES = ENGINE_NAMES
 SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 
 
@@ -176,36 +185,35 @@ class DenoiserStepGraph(nn.Module):
     def __init__(self, denoiser: nn.Module, levels: int, blocks: int):
         super().__init__()
         self.denoiser, self.levels, self.blocks = denoiser, levels, blocks
+        self.names = denoiser_input_names(blocks, levels)  # the spec's inputs, in its order
 
-    def forward(self, latents, timestep, coef, cfg_scale, *rest) -> tuple[torch.Tensor]:
-        n, lv = self.blocks, self.levels
-        image_kv = [(rest[2 * i], rest[2 * i + 1]) for i in range(n)]
-        audio = rest[2 * n : 8 * n]
-        audio_kv = [
-            [(audio[6 * i + 2 * b], audio[6 * i + 2 * b + 1]) for b in range(3)] for i in range(n)
-        ]
-        face, rest = rest[8 * n], rest[8 * n + 1 :]
-        ref_kv = [(rest[2 * i], rest[2 * i + 1]) for i in range(n)]
-        motion = rest[2 * n : 3 * n]
-        masks = rest[3 * n : 3 * n + 3 * lv]
-        scale = rest[3 * n + 3 * lv]
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor]:
+        x = dict(zip(self.names, inputs, strict=True))  # by spec name, not by position
+        blocks, levels = range(self.blocks), range(self.levels)
+
+        def pair(names: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+            return x[names[0]], x[names[1]]
+
+        image_kv = [pair(image_kv_names(i)) for i in blocks]
+        audio_kv = [[pair(audio_kv_names(i, b)) for b in range(AUDIO_BRANCHES)] for i in blocks]
+        face, latents = x["face_feature"], x["latents"]
         face2 = torch.cat([torch.zeros_like(face), face])[:, :, None]  # (2, C0, 1, h, w)
+        masks = [[x[mask_name(kind, lv)] for lv in levels] for kind in MASK_KINDS]
         v = self.denoiser(
             torch.cat([latents, latents]),
-            timestep,
+            x["timestep"],
             None,
             None,
             face2,
-            ref_kv,
-            motion,
-            masks[:lv],
-            masks[lv : 2 * lv],
-            masks[2 * lv :],
-            scale,
+            [pair(reference_kv_names(i)) for i in blocks],
+            [x[motion_name(i)] for i in blocks],
+            *masks,
+            x["motion_scale"],
             token_kv=(image_kv, audio_kv),
         )
-        v = v[:1] + cfg_scale.to(v.dtype) * (v[1:] - v[:1])
+        v = v[:1] + x["cfg_scale"].to(v.dtype) * (v[1:] - v[:1])
         # coef is fp32 in every engine (spec: fp32); a no-op cast in fp32 engines
+        coef = x["coef"]
         return ((coef[0] * latents.float() + coef[1] * v.float()).to(latents.dtype),)
 
 
@@ -219,7 +227,7 @@ def fit_shapes(shapes: GraphShapes, pre: Pretrained) -> GraphShapes:
 def build_graph(name: str, pre: Pretrained, shapes: GraphShapes = GraphShapes()) -> Graph:
     """The wrapper, spec and input maker of engine ``name`` from loaded components."""
     if name not in _BUILDERS:
-        raise KeyError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
+        raise KeyError(f"unknown engine {name!r}; known: {', '.join(ENGINE_NAMES)}")
     return _BUILDERS[name](pre, shapes)
 
 
@@ -251,16 +259,10 @@ def _token_kv_specs(den: nn.Module, frames: int, cfg) -> tuple[list, list]:
     image, audio = [], []
     for i, b in enumerate(den.hooked_blocks):
         width = den.get_submodule(b).transformer_blocks[0].attn2.to_k.out_features
-        image += [
-            _t(f"image_k_{i}", 2, h.image_tokens, width),
-            _t(f"image_v_{i}", 2, h.image_tokens, width),
-        ]
+        image += [_t(n, 2, h.image_tokens, width) for n in image_kv_names(i)]
         for j, attn in enumerate(den.audio_attentions(b)):
             d = attn.to_k.out_features
-            audio += [
-                _t(f"audio_k_{i}_{j}", 2 * frames, h.audio_tokens, d),
-                _t(f"audio_v_{i}_{j}", 2 * frames, h.audio_tokens, d),
-            ]
+            audio += [_t(n, 2 * frames, h.audio_tokens, d) for n in audio_kv_names(i, j)]
     return image, audio
 
 
@@ -348,8 +350,7 @@ def _reference_unet(pre: Pretrained, s: GraphShapes) -> Graph:
     outs = []
     for i, (length, ch) in enumerate(den.hooked_shapes((lat, lat))):
         outs += [
-            _t(f"ref_k_{i}", "rows", length, ch),
-            _t(f"ref_v_{i}", "rows", length, ch),
+            *(_t(n, "rows", length, ch) for n in reference_kv_names(i)),
             _t(f"feature_{i}", "rows", length, ch),
         ]
     rows = 2 * s.motion_frames
@@ -390,11 +391,11 @@ def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
         _t("face_feature", 1, h.face_locator_out, lat, lat),
     ]
     for i, (length, ch) in enumerate(hooked):
-        ins += [_t(f"ref_k_{i}", 2, length, ch), _t(f"ref_v_{i}", 2, length, ch)]
-    ins += [_t(f"motion_{i}", 2, m, length, ch) for i, (length, ch) in enumerate(hooked)]
-    for kind in ("full", "face", "lip"):
+        ins += [_t(n, 2, length, ch) for n in reference_kv_names(i)]
+    ins += [_t(motion_name(i), 2, m, length, ch) for i, (length, ch) in enumerate(hooked)]
+    for kind in MASK_KINDS:
         ins += [
-            _t(f"{kind}_mask_{lv}", 1, (lat >> lv) ** 2, values=(0.0, 1.0)) for lv in range(levels)
+            _t(mask_name(kind, lv), 1, (lat >> lv) ** 2, values=(0.0, 1.0)) for lv in range(levels)
         ]
     ins.append(_t("motion_scale", 3, values=(0.5, 1.5)))
     spec = EngineSpec(

@@ -33,9 +33,9 @@ from ..engines.parity import (  # noqa: F401  (ParityError: part of this module'
     compare_fp16,
     compare_fp32,
 )
-from ..engines.spec import DTYPES, FP32_ONLY, EngineSpec
+from ..engines.spec import DTYPES, ENGINE_NAMES, FP32_ONLY, EngineSpec
 from .checkpoints import load_pretrained
-from .graphs import ENGINE_COMPONENTS, ENGINES, Graph, GraphShapes, build_graph, fit_shapes
+from .graphs import ENGINE_COMPONENTS, Graph, GraphShapes, build_graph, fit_shapes
 
 log = logging.getLogger(__name__)
 
@@ -319,12 +319,12 @@ def export_engines(
     Checkpoints are loaded, and every missing file reported, before ``out`` is created.
     """
     shapes = shapes or GraphShapes()
-    names = list(dict.fromkeys(only or ENGINES))
+    names = list(dict.fromkeys(only or ENGINE_NAMES))
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision {precision!r}: expected fp32 or fp16")
-    unknown = [n for n in names if n not in ENGINES]
+    unknown = [n for n in names if n not in ENGINE_NAMES]
     if unknown:
-        raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
+        raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINE_NAMES)}")
     components = dict.fromkeys(c for n in names for c in ENGINE_COMPONENTS[n])
     pre = load_pretrained(checkpoints, components)
     shapes = fit_shapes(shapes, pre)  # the face crop side is the restorer's

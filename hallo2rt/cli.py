@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from pathlib import Path
+
+from hallo2rt.demo import cache_dir
 
 SUBCOMMANDS = {
     "export": "export every engine's graph to ONNX from a checkpoint tree",
@@ -24,9 +25,6 @@ SUBCOMMANDS = {
     "proof": "run every GPU check and measurement of the project in one time budget",
 }
 ERROR_EXIT = 1
-ASSETS = Path(__file__).resolve().parent / "assets"
-DEMO_FACE_BOX = "180,78,262,182"  # hallo2rt/assets/portrait.jpg, read off by hand
-DEMO_LIP_BOX = "203,136,250,156"
 
 log = logging.getLogger("hallo2rt")
 
@@ -319,16 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--cache",
                 type=Path,
-                default=_cache_dir(),
+                default=cache_dir(),
                 help="where the tiny random model is kept between runs",
             )
             _add_run_options(p)
     return parser
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "hallo2rt"
 
 
 def _run_config(args: argparse.Namespace):
@@ -382,38 +375,24 @@ def _vocal_separator(args: argparse.Namespace):
 def _session(args: argparse.Namespace, generation: bool = True, upscale: bool = False):
     """The engines of this run: built ones (--engines) or the PyTorch modules (--checkpoints);
     those of a generation and/or those of super-resolution."""
+    from hallo2rt.assemble import open_session
+
     overrides = {}
     for item in args.engine:
         name, sep, directory = item.partition("=")
         if not sep:
             raise ValueError(f"--engine {item!r}: expected NAME=DIR")
         overrides[name.strip()] = Path(directory)
-    if args.engines is not None:
-        if args.dtype != "fp32":
-            raise ValueError(
-                "--dtype applies to --checkpoints; built engines run at the precision they "
-                "were exported and built with (hallo2rt export --precision / build --fp16)"
-            )
-        from hallo2rt.engines.session import Session
-        from hallo2rt.engines.spec import run_engines
-
-        device = None if args.device == "auto" else args.device
-        return Session.open(args.engines, device, overrides, run_engines(generation, upscale))
-    if overrides:
-        raise ValueError("--engine NAME=DIR needs --engines")
-    if args.checkpoints is None:
-        raise ValueError("give --checkpoints (PyTorch) or --engines (built engines)")
-    from hallo2rt.engines.torch_backend import load_torch_session
-
-    device = "cpu" if args.device == "auto" else args.device
-    return load_torch_session(
-        args.checkpoints,
-        device,
-        args.dtype == "fp16",
-        getattr(args, "size", None) or 512,
-        getattr(args, "frames", 16),
-        generation,
-        upscale,
+    return open_session(
+        engines=args.engines,
+        checkpoints=args.checkpoints,
+        overrides=overrides,
+        device=None if args.device == "auto" else args.device,
+        dtype=args.dtype,
+        size=getattr(args, "size", None),
+        frames=getattr(args, "frames", 16),
+        generation=generation,
+        upscale=upscale,
     )
 
 
@@ -499,29 +478,17 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import numpy as np
+    from hallo2rt.demo import run_demo
 
-    from hallo2rt.engines.torch_backend import load_torch_session
-    from hallo2rt.runtime.pipeline import generate_video
-    from hallo2rt.runtime.portrait import parse_box
-
-    root = demo_model(args.cache)
     device = "cpu" if args.device == "auto" else args.device
-    session = load_torch_session(root, device, args.dtype == "fp16", 64, args.frames)
-    embedding = np.random.default_rng(0).standard_normal(session.embedding_dim)
-    with session:
-        out = generate_video(
-            session,
-            ASSETS / "portrait.jpg",
-            ASSETS / "speech.wav",
-            args.out,
-            parse_box(DEMO_FACE_BOX),
-            embedding,
-            _run_config(args),
-            size=64,
-            lip_box=parse_box(DEMO_LIP_BOX),
-            progress=_progress_printer(args.quiet),
-        )
+    out = run_demo(
+        args.out,
+        args.cache,
+        _run_config(args),
+        device,
+        args.dtype == "fp16",
+        _progress_printer(args.quiet),
+    )
     print(
         f"wrote {out}\nNOTE: the demo runs a tiny model with RANDOM weights, so the picture is "
         "noise: it shows the whole pipeline working, not Hallo2's quality. With the real "
@@ -531,27 +498,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def demo_model(cache: Path) -> Path:
-    """The tiny random tree, written once into ``cache`` (atomically) and reused."""
-    import shutil
-    import tempfile
-
-    from hallo2rt.export.random_weights import make_random_pretrained
-
-    root = cache / "demo-tiny-v3"  # bump when tiny_config() changes
-    if (root / "hallo2/net.pth").is_file():
-        return root
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=cache))
-    try:
-        make_random_pretrained(tmp, "tiny", seed=0, include_unused=False)
-        tmp.replace(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("wrote the tiny random demo model to %s", root)
-    return root
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -625,34 +571,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_engines(args: argparse.Namespace, root: Path, shapes, tmp: Path, names):
-    """Export the engines ``names`` of ``root`` and build them for ``args.backend``."""
-    from hallo2rt.engines.build import BuildConfig, build_engines
-    from hallo2rt.engines.session import Session
-    from hallo2rt.export.onnx import export_engines
-
-    fp16 = args.dtype == "fp16"
-    print(f"exporting and building {args.backend} engines ...", file=sys.stderr, flush=True)
-    export_engines(root, tmp / "onnx", names, shapes, "fp16" if fp16 else "fp32")
-    config = BuildConfig(args.backend, args.device, fp16=fp16)
-    build_engines(tmp / "onnx", tmp / "engines", config, only=names)
-    return Session.open(tmp / "engines", names=names)
-
-
-def _place(modules: dict, device: str, fp16: bool) -> None:
-    """Modules on the device in the run's precision (FP32_ONLY stay fp32, as officially)."""
-    import torch
-
-    from hallo2rt.engines.spec import FP32_ONLY
-
-    for name, module in modules.items():
-        fp32 = not fp16 or name in FP32_ONLY
-        module.to(device, torch.float32 if fp32 else torch.float16)
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
+    from hallo2rt.assemble import bench_session
     from hallo2rt.benchmarks.bench import (
         BenchConfig,
         markdown,
@@ -677,39 +599,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.sr_only and (args.upscale == 1 or cfg.baseline or args.plot):
         raise ValueError("--sr-only needs --upscale 2 or 4, and takes no --baseline or --plot")
     names = run_engines(not args.sr_only, args.upscale > 1)
+    if args.engines is not None and cfg.baseline:
+        raise ValueError(
+            "--baseline official runs the PyTorch modules: use --checkpoints or --random"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        if args.engines is not None:
-            if cfg.baseline:
-                raise ValueError(
-                    "--baseline official runs the PyTorch modules: use --checkpoints or --random"
-                )
-            from hallo2rt.engines.session import Session
-
-            session, modules = Session.open(args.engines, names=names), None
-        else:
-            from hallo2rt.engines.torch_backend import session_from_pretrained
-            from hallo2rt.export.checkpoints import GENERATION as GEN_COMPONENTS
-            from hallo2rt.export.checkpoints import SUPER_RESOLUTION as SR_COMPONENTS
-            from hallo2rt.export.checkpoints import load_pretrained
-            from hallo2rt.export.graphs import GraphShapes, fit_shapes
-
-            root = args.checkpoints
-            if root is None:
-                from hallo2rt.export.random_weights import make_random_pretrained
-
-                root = Path(tmp) / "pretrained_models"
-                print(f"writing a {args.random} random tree ...", file=sys.stderr)
-                only = SR_COMPONENTS if args.sr_only else None  # 0.6 GB instead of ~10 GB
-                make_random_pretrained(root, args.random, seed=0, only=only)
-            sr = SR_COMPONENTS if args.upscale > 1 else ()
-            pre = load_pretrained(root, (() if args.sr_only else GEN_COMPONENTS) + sr)
-            shapes = fit_shapes(GraphShapes(size=args.size, frames=args.frames), pre)
-            fp16 = args.dtype == "fp16"
-            session = session_from_pretrained(pre, shapes, args.device, fp16, names)
-            modules = {k: v for k, v in pre.modules.items() if k in GEN_COMPONENTS}
-            if args.backend != "torch":  # export and build the engines first, then time them
-                session = _bench_engines(args, root, shapes, Path(tmp), names)
-                _place(modules, args.device, fp16)  # the baseline's modules
+        session, modules = bench_session(
+            Path(tmp),
+            names,
+            engines=args.engines,
+            checkpoints=args.checkpoints,
+            random=args.random,
+            backend=args.backend,
+            device=args.device,
+            dtype=args.dtype,
+            size=args.size,
+            frames=args.frames,
+            log=lambda s: print(s, file=sys.stderr, flush=True),
+        )
         records = run_benchmark(
             session, cfg, modules, log=lambda s: print(s, file=sys.stderr, flush=True)
         )

@@ -21,9 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engines.bank import reference_token_rows
+from ..engines.bank import (
+    MASK_KINDS,
+    mask_name,
+    motion_name,
+    reference_kv_names,
+    reference_token_rows,
+)
 from ..engines.manifest import EngineError
-from ..engines.session import Session
 from ..engines.spec import SUPER_RESOLUTION
 from .audio import (
     AudioStream,
@@ -36,6 +41,7 @@ from .audio import (
 from .media import MediaError
 from .portrait import Box, Portrait, build_portrait, load_image
 from .sampler import ddim_schedule
+from .session import Session
 from .sr import SuperResolver
 from .steploop import step_loop
 from .video import ClipWriter, VideoWriter, host_frames
@@ -172,16 +178,13 @@ def generate(
         "motion_scale": torch.tensor([cfg.pose_weight, cfg.face_weight, cfg.lip_weight]),
     }
     for i in range(session.hooked):  # reference K/V of every hooked block, once per video
-        const[f"ref_k_{i}"], const[f"ref_v_{i}"] = (
-            ref[f"ref_k_{i}"].clone(),
-            ref[f"ref_v_{i}"].clone(),
-        )
+        const.update({n: ref[n].clone() for n in reference_kv_names(i)})
     for kind, masks in zip(
-        ("full", "face", "lip"),
+        MASK_KINDS,
         (portrait.full_masks, portrait.face_masks, portrait.lip_masks),
         strict=True,
     ):
-        const.update({f"{kind}_mask_{lv}": x for lv, x in enumerate(masks)})
+        const.update({mask_name(kind, lv): x for lv, x in enumerate(masks)})
     const = {k: v.to(dev) for k, v in const.items()}
     loop = step_loop(session, ddim_schedule(cfg.steps), cfg.cfg_scale, cuda_graph)
     n_clips = math.ceil(features.frames / f)
@@ -203,7 +206,7 @@ def generate(
         clip = dict(const)
         for i in range(session.hooked):  # (2M, L, C) -> (2, M, L, C) per block
             feat = rows[f"feature_{i}"]
-            clip[f"motion_{i}"] = feat.reshape(2, m, *feat.shape[1:]).clone()
+            clip[motion_name(i)] = feat.reshape(2, m, *feat.shape[1:]).clone()
         window = features.windows(t * f, f)[None]  # (1, F, 5, layers, C)
         audio_kv = run("audio_proj", windows=window)  # audio cross-attention K/V per block
         clip.update({k: v.clone() for k, v in audio_kv.items()})
@@ -269,7 +272,9 @@ def generate_video(
         return feats.float().cpu()
 
     if separate is None:  # streamed: memory does not grow with the audio's length
-        features = StreamedFeatures(audio, encode, cfg.frames)  # a first pass checks the file
+        features: StreamedFeatures | TensorFeatures = StreamedFeatures(
+            audio, encode, cfg.frames
+        )  # a first pass checks the file
         native: AudioStream | tuple[np.ndarray, int] = AudioStream(audio)  # muxed as it goes
     else:  # the separator needs the whole stereo track (official --separate-vocals path)
         samples, rate = load_audio(audio, sample_rate=None, mono=False)

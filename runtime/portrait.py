@@ -59,7 +59,7 @@ def resize_image(rgb: np.ndarray, size: int) -> torch.Tensor:
     bilinear, as the official ``Resize((512, 512))``."""
     from PIL import Image
 
-    im = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
+    im = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
     x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255.0
     return (x * 2 - 1)[None]
 
@@ -191,4 +191,4 @@ def parse_box(text: str) -> Box:
         raise MediaError(f"box {text!r} must be four numbers x0,y0,x1,y1") from exc
     if len(vals) != 4:
         raise MediaError(f"box {text!r} must be four numbers x0,y0,x1,y1")
-    return vals  # type: ignore[return-value]
+    return vals

@@ -159,7 +159,7 @@ class SuperResolver:
     """``push(pixels)`` frames in, upscaled frames out; ``flush()`` after the last frame.
 
     ``session``: anything with ``run(name, **inputs)`` and ``spec(name)`` holding the four SR
-    engines (``engines.session.Session``). Frames are (N, 3, H, W) in [-1, 1] on any device;
+    engines (``runtime.session.Session``). Frames are (N, 3, H, W) in [-1, 1] on any device;
     outputs are (n, H * scale, W * scale, 3) uint8 on the session's device.
     """
 
@@ -269,11 +269,12 @@ class SuperResolver:
                 "restoration is not offered, check that this is a portrait video"
             )
         first = next(f for f in found if f is not None) if self._landmarks is None else None
-        out = []
+        out: list[torch.Tensor] = []
         for f in found:
             if f is None:
                 self.frames_without_face += 1
                 f = self._landmarks if self._landmarks is not None else first
+            assert f is not None  # the first frame with a face precedes any reuse
             self._landmarks = f
             out.append(f)
         return torch.stack(out)

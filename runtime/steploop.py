@@ -24,16 +24,15 @@ from collections.abc import Callable
 
 import torch
 
-from ..engines.session import Session
 from ..engines.spec import DTYPES
 from .capture import capture_hazards
 from .sampler import DDIMSchedule
+from .session import Session
 
 log = logging.getLogger(__name__)
 
 CAPTURABLE = ("tensorrt", "torch")  # ORT has its own CUDA-graph option (build --cuda-graph)
 ALIGN = 256  # bytes; TensorRT: "The pointer must have at least 256-byte alignment"
-LOOP_INPUTS = ("latents", "timestep", "coef", "cfg_scale")  # what the loop itself supplies
 _FAILED_DEVICES: set[str] = set()  # devices where a capture failed in this process
 
 
@@ -86,7 +85,7 @@ class StepLoop:
         ]
         self.cfg = _aligned_copy(torch.tensor([cfg_scale]), dtypes["cfg_scale"], dev)
         latents = next(t for t in self.engine.spec.inputs if t.name == "latents")
-        self._x = aligned_empty(tuple(latents.dims), dtypes["latents"], dev)
+        self._x = aligned_empty(latents.shape({}), dtypes["latents"], dev)
         self._static: dict[str, torch.Tensor] = {}
         self._graph: torch.cuda.CUDAGraph | None = None
         self.mode = self._initial_mode(cuda_graph)
@@ -143,10 +142,12 @@ class StepLoop:
         if self.mode == "cuda-graph" and not eager:
             if self._graph is None:
                 self._capture()
-            if self._graph is not None:
-                self._graph.replay()
-                for i in range(self.steps) if on_step is not None else ():
-                    on_step(i)
+            graph = self._graph
+            if graph is not None:
+                graph.replay()
+                if on_step is not None:
+                    for i in range(self.steps):
+                        on_step(i)
                 return self._x.clone()
         for i in range(self.steps):
             self._step(i)

@@ -81,7 +81,7 @@ class VideoWriter:
             self.frames_written += 1
         self._mux_audio(self.frames_written / self.fps, final=False)
 
-    def _mux_audio(self, until_seconds: float | None, final: bool) -> None:
+    def _mux_audio(self, until_seconds: float | Fraction | None, final: bool) -> None:
         """Encode audio up to ``until_seconds`` (None: to its end) in AAC-sized frames; only
         the very last frame (``final``) may be short."""
         import av

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hallo2rt.export import load_pretrained
-from hallo2rt.export.random_weights import make_random_pretrained
+from hallo2rt.random_weights import make_random_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("HALLO2RT_REFERENCE_DIR", REPO.parent / "shared" / "reference"))

@@ -154,7 +154,7 @@ class TemporalAttention(nn.Module):
         self.to_v = nn.Linear(ch, ch, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(ch, ch)])
         self.heads = heads
-        self.pos_encoder = _PositionalEncoding(ch, max_len)
+        self.pos_encoder = PositionalEncoding(ch, max_len)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (S, T, C): S sequences of T frames."""
@@ -168,7 +168,7 @@ class TemporalAttention(nn.Module):
         return self.to_out[0](out)
 
 
-class _PositionalEncoding(nn.Module):
+class PositionalEncoding(nn.Module):
     """Sinusoidal table as a checkpoint buffer ``pe`` (1, max_len, C) (net.pth stores it)."""
 
     def __init__(self, ch: int, max_len: int):

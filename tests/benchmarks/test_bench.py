@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hallo2rt.cli import main
-from hallo2rt.engines.session import GENERATION
+from hallo2rt.engines.spec import GENERATION
 
 pytest.importorskip("av")
 

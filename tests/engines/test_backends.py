@@ -20,9 +20,8 @@ from hallo2rt.engines.manifest import (
     environment,
 )
 from hallo2rt.engines.parity import ParityError, compare_fp32
-from hallo2rt.engines.spec import random_feed, spec_from_json
+from hallo2rt.engines.spec import ENGINE_NAMES, random_feed, spec_from_json
 from hallo2rt.engines.tensorrt_backend import build_plan, plan_name
-from hallo2rt.export.graphs import ENGINES
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -51,7 +50,7 @@ def torch_engines(tiny_onnx, tmp_path_factory):
     return out, build_engines(onnx_dir, out, BuildConfig("torch"))
 
 
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", ENGINE_NAMES)
 def test_ort_build_checks_every_engine_and_describes_it(ort_engines, tiny_onnx, name):
     out, manifests = ort_engines
     m = json.loads((out / name / "manifest.json").read_text())
@@ -76,7 +75,7 @@ def test_ort_build_checks_every_engine_and_describes_it(ort_engines, tiny_onnx, 
     assert (fused > 0) == (name in ATTENTION_ENGINES)
 
 
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", ENGINE_NAMES)
 def test_ort_and_torch_backends_agree_on_the_same_feed(ort_engines, torch_engines, name):
     with (
         open_engine(ort_engines[0] / name) as a,
@@ -393,18 +392,3 @@ def test_tensorrt_builds_and_runs_every_engine(tiny_onnx, tmp_path):
         with open_engine(tmp_path / "trt" / name) as engine:
             out = engine.infer(random_feed(engine.spec, engine.spec.sizes(), device="cuda"))
             assert all(torch.isfinite(v).all() for v in out.values())
-
-
-def test_a_session_refuses_engines_that_do_not_fit_together(ort_engines):
-    from hallo2rt.engines.session import GENERATION, Session
-    from hallo2rt.engines.spec import TensorSpec
-
-    engines = {n: open_engine(ort_engines[0] / n) for n in GENERATION}
-    session = Session(engines, "cpu")
-    assert (session.frames, session.size, session.hooked) == (4, 128, 16)
-    den = engines["denoiser_step"]
-    den.spec = replace(
-        den.spec, inputs=(*den.spec.inputs, TensorSpec("audio_tokens", "float32", (1,)))
-    )
-    with pytest.raises(EngineError, match=r"inputs nobody provides: \['audio_tokens'\]"):
-        Session(engines, "cpu")

@@ -13,7 +13,6 @@ from hallo2rt.engines import ort_backend, tensorrt_backend
 from hallo2rt.engines.build import BuildConfig, build_engines
 from hallo2rt.engines.engine import open_engine
 from hallo2rt.engines.manifest import EngineError
-from hallo2rt.engines.session import Session
 from hallo2rt.engines.spec import spec_from_json
 from hallo2rt.engines.tensorrt_backend import build_plan, has_weak_typing
 from hallo2rt.engines.torch_backend import TorchEngine, ieee_fp32
@@ -293,47 +292,3 @@ def test_fp32_torch_engines_on_cuda_run_without_tf32():
         engine._module = Probe()  # as opened (no GPU here to move it to)
         engine._infer({"x": torch.zeros(2)})
         assert seen[-1] == want, precision
-
-
-# --- the session's stream ------------------------------------------------------------------
-
-
-def test_engines_open_and_run_on_the_sessions_own_stream(monkeypatch):
-    current = ["default"]
-
-    class FakeStream:
-        def __init__(self, device):
-            self.name = "session stream"
-
-        def synchronize(self):
-            pass
-
-    class FakeStreamContext:
-        def __init__(self, stream):
-            self.stream = stream
-
-        def __enter__(self):
-            self.prev = current[0]
-            current[0] = self.stream.name
-
-        def __exit__(self, *exc):
-            current[0] = self.prev
-
-    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
-    monkeypatch.setattr(torch.cuda, "stream", FakeStreamContext)
-
-    class FakeEngine:
-        device = torch.device("cuda", 0)
-        opened_on = None
-
-        def open(self):
-            self.opened_on = current[0]
-
-        def close(self):
-            pass
-
-    engine = FakeEngine()
-    session = Session({"audio_encoder": engine}, torch.device("cuda", 0), require=())
-    with session:
-        assert current[0] == "session stream" and session.stream is not None
-    assert engine.opened_on == "session stream" and current[0] == "default"

@@ -313,3 +313,14 @@ def test_cached_token_kv_gives_the_same_v(tiny, base):
     shuffled = [kv[::-1] for kv in audio_kv]  # the face and lip branches swapped
     got = run(den, dict(cached, token_kv=(image_kv, shuffled)))
     assert (got - want).abs().max() > 1e-3
+
+
+def test_the_denoiser_step_spec_lists_its_inputs_under_the_shared_names(tiny):
+    """The step wrapper reads its inputs by these names (engines.bank), in the spec's order."""
+    from hallo2rt.engines.bank import denoiser_input_names
+    from hallo2rt.export.graphs import GraphShapes, build_graph
+
+    graph = build_graph("denoiser_step", tiny, GraphShapes(size=64, frames=2))
+    levels = len(tiny.config.unet.block_out_channels)
+    names = denoiser_input_names(len(tiny["denoiser"].hooked_blocks), levels)
+    assert tuple(t.name for t in graph.spec.inputs) == names == graph.module.names

@@ -9,7 +9,7 @@ from hallo2rt.export import load_pretrained
 from hallo2rt.export.checkpoints import FACE_DETECTOR, read_state_dict
 from hallo2rt.export.config import ParseNetConfig, RetinaFaceConfig
 from hallo2rt.export.modules import build_module
-from hallo2rt.export.random_weights import full_config, make_random_pretrained
+from hallo2rt.random_weights import full_config, make_random_pretrained
 from hallo2rt.runtime.sr import windows
 
 

@@ -16,7 +16,7 @@ from hallo2rt.export.config import (
     Wav2Vec2Config,
 )
 from hallo2rt.export.modules import build_module
-from hallo2rt.export.random_weights import full_config, official_layout
+from hallo2rt.random_weights import full_config, official_layout
 
 REFERENCE_FILES = {
     "hallo2/net.pth": "net.json",

@@ -10,7 +10,7 @@ import torch
 
 from hallo2rt.export import load_pretrained
 from hallo2rt.export.modules import reference_tokens_official, split_reference_bank
-from hallo2rt.export.random_weights import full_config, make_random_pretrained
+from hallo2rt.random_weights import full_config, make_random_pretrained
 
 
 @pytest.mark.slow

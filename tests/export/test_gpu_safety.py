@@ -9,8 +9,9 @@ import dataclasses
 import pytest
 import torch
 
+from hallo2rt.engines.spec import ENGINE_NAMES
 from hallo2rt.export import load_pretrained
-from hallo2rt.export.graphs import ENGINES, GraphShapes, build_graph, fit_shapes
+from hallo2rt.export.graphs import GraphShapes, build_graph, fit_shapes
 from hallo2rt.export.onnx import io_problems
 
 onnx = pytest.importorskip("onnx")
@@ -22,7 +23,7 @@ def meta_tiny(tiny_root):
     return load_pretrained(tiny_root)
 
 
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", ENGINE_NAMES)
 def test_every_wrapper_runs_on_the_meta_device(meta_tiny, tiny_onnx, name):
     shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"]["shapes"])
     graph = build_graph(name, meta_tiny, fit_shapes(shapes, meta_tiny))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hallo2rt.export.modules import build_module
-from hallo2rt.export.random_weights import full_config
+from hallo2rt.random_weights import full_config
 from hallo2rt.runtime.audio import normalize_waveform
 
 

@@ -11,14 +11,14 @@ from safetensors.torch import load_file, save_file
 
 from hallo2rt.export import CheckpointError, ConfigError, load_pretrained
 from hallo2rt.export.checkpoints import (
-    GENERATION,
+    GENERATION_COMPONENTS,
     NET,
     NET_G,
     REALESRGAN,
     fold_weight_norm,
     read_state_dict,
 )
-from hallo2rt.export.random_weights import make_random_pretrained, tiny_config
+from hallo2rt.random_weights import make_random_pretrained, tiny_config
 
 VAE_FILE = "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"
 W2V_FILE = "wav2vec/wav2vec2-base-960h/model.safetensors"
@@ -101,7 +101,7 @@ def test_current_and_legacy_vae_names_load_the_same(tree, tiny):
 
 def test_full_trees_use_the_released_legacy_vae_names(tmp_path):
     # "full" is written with the released names; tiny with current ones (both paths exercised)
-    from hallo2rt.export.random_weights import full_config, official_layout
+    from hallo2rt.random_weights import full_config, official_layout
 
     vae = next(s for s in official_layout(full_config()) if s.path == VAE_FILE)
     assert "encoder.mid_block.attentions.0.query.weight" in vae.shapes
@@ -133,7 +133,7 @@ def test_missing_files_are_all_reported_before_loading(tree):
     (tree / NET).unlink()
     shutil.rmtree(tree / "sd-vae-ft-mse")
     with pytest.raises(CheckpointError) as err:
-        load_pretrained(tree, GENERATION)
+        load_pretrained(tree, GENERATION_COMPONENTS)
     msg = str(err.value)
     assert "3 required file(s) missing" in msg
     assert "hallo2/net.pth" in msg and "Hallo2 network" in msg
@@ -144,8 +144,8 @@ def test_missing_files_are_all_reported_before_loading(tree):
 def test_a_run_only_needs_its_own_files(tree):
     (tree / NET_G).unlink()
     (tree / REALESRGAN).unlink()
-    loaded = load_pretrained(tree, GENERATION)  # no SR weights needed without upscaling
-    assert set(loaded.modules) == set(GENERATION)
+    loaded = load_pretrained(tree, GENERATION_COMPONENTS)  # no SR weights needed without upscaling
+    assert set(loaded.modules) == set(GENERATION_COMPONENTS)
     with pytest.raises(CheckpointError, match="net_g.pth"):
         load_pretrained(tree, ["face_restorer"])
 

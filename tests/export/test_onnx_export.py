@@ -13,9 +13,9 @@ import torch
 
 from hallo2rt.cli import main
 from hallo2rt.engines.bank import reference_token_rows
-from hallo2rt.engines.spec import EngineSpec, TensorSpec
+from hallo2rt.engines.spec import ENGINE_NAMES, EngineSpec, TensorSpec
 from hallo2rt.export import CheckpointError
-from hallo2rt.export.graphs import ENGINES, GraphShapes, build_graph
+from hallo2rt.export.graphs import GraphShapes, build_graph
 from hallo2rt.export.onnx import ParityError, check_io, export_engines, parity
 from hallo2rt.runtime.sampler import ddim_schedule
 
@@ -33,7 +33,7 @@ def exported(tiny_onnx):
     return tiny_onnx
 
 
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", ENGINE_NAMES)
 def test_every_engine_exports_within_parity(exported, tiny, name):
     out, manifests = exported
     manifest = json.loads((out / name / "manifest.json").read_text())

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from hallo2rt.cli import ASSETS
+from hallo2rt.assemble import session_from_pretrained
+from hallo2rt.demo import ASSETS
+from hallo2rt.engines.bank import LOOP_INPUTS
 from hallo2rt.engines.spec import random_feed
-from hallo2rt.engines.torch_backend import session_from_pretrained
 from hallo2rt.export.graphs import GraphShapes
 from hallo2rt.runtime.capture import capture_hazards
 from hallo2rt.runtime.pipeline import RunConfig, generate
 from hallo2rt.runtime.portrait import build_portrait, load_image
 from hallo2rt.runtime.sampler import ddim_schedule
-from hallo2rt.runtime.steploop import ALIGN, LOOP_INPUTS, StepLoop, aligned_empty, step_loop
+from hallo2rt.runtime.steploop import ALIGN, StepLoop, aligned_empty, step_loop
 
 
 @pytest.fixture(scope="module")

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from hallo2rt.cli import ASSETS, main
+from hallo2rt.assemble import session_from_pretrained
+from hallo2rt.cli import main
+from hallo2rt.demo import ASSETS
 from hallo2rt.engines.build import BuildConfig, build_engines
-from hallo2rt.engines.session import Session
-from hallo2rt.engines.torch_backend import session_from_pretrained
 from hallo2rt.export.graphs import GraphShapes
 from hallo2rt.runtime.pipeline import RunConfig, generate
 from hallo2rt.runtime.portrait import build_portrait, load_image
 from hallo2rt.runtime.sampler import ddim_schedule
+from hallo2rt.runtime.session import Session
 from hallo2rt.runtime.steploop import StepLoop, step_loop
 
 from .media_helpers import write_audio
@@ -168,6 +170,22 @@ def test_a_run_that_does_not_fit_the_engines_fails_before_writing(ort_dir, tmp_p
     assert "precision they were exported and built with" in capsys.readouterr().err
     assert main(_argv(ort_dir, tmp_path, tmp_path / "a.wav", out, "--engine", "vae=x")) == 1
     assert "unknown engines ['vae']" in capsys.readouterr().err
+
+
+def test_a_session_refuses_engines_that_do_not_fit_together(ort_dir):
+    from hallo2rt.engines.engine import open_engine
+    from hallo2rt.engines.manifest import EngineError
+    from hallo2rt.engines.spec import GENERATION, TensorSpec
+
+    engines = {n: open_engine(ort_dir / n) for n in GENERATION}
+    session = Session(engines, "cpu")
+    assert (session.frames, session.size, session.hooked) == (4, 128, 16)
+    den = engines["denoiser_step"]
+    den.spec = dataclasses.replace(
+        den.spec, inputs=(*den.spec.inputs, TensorSpec("audio_tokens", "float32", (1,)))
+    )
+    with pytest.raises(EngineError, match=r"inputs nobody provides: \['audio_tokens'\]"):
+        Session(engines, "cpu")
 
 
 @pytest.mark.gpu

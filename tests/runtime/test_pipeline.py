@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from hallo2rt.cli import ASSETS, main
-from hallo2rt.engines.torch_backend import load_torch_session, session_from_pretrained
+from hallo2rt.assemble import load_torch_session, session_from_pretrained
+from hallo2rt.cli import main
+from hallo2rt.demo import ASSETS
 from hallo2rt.export.graphs import GraphShapes
 from hallo2rt.runtime.pipeline import RunConfig, generate
 from hallo2rt.runtime.portrait import build_portrait, load_image

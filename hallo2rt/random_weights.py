@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..runtime.sr import TEMPLATE_512  # where the runtime aligns faces to
-from .checkpoints import (
+from hallo2rt.export.checkpoints import (
     COMPONENT_FILES,
     FACE_DETECTOR,
     FACE_PARSER,
@@ -34,7 +33,7 @@ from .checkpoints import (
     Pretrained,
     strict_load,
 )
-from .config import (
+from hallo2rt.export.config import (
     CodeFormerConfig,
     HeadsConfig,
     ModelConfig,
@@ -46,8 +45,9 @@ from .config import (
     VAEConfig,
     Wav2Vec2Config,
 )
-from .modules import COMPONENTS, build_module
-from .modules.unet import _PositionalEncoding
+from hallo2rt.export.modules import COMPONENTS, build_module
+from hallo2rt.export.modules.unet import PositionalEncoding
+from hallo2rt.runtime.sr import TEMPLATE_512  # where the runtime aligns faces to
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def _random_tensor(
     if key.endswith("running_var"):  # must be positive
         return (0.5 + torch.rand(shape, generator=gen, device=dev)).to(dtype)
     if key.endswith("pos_encoder.pe"):
-        return _PositionalEncoding(shape[2], shape[1]).pe.to(dev, dtype)  # the real table
+        return PositionalEncoding(shape[2], shape[1]).pe.to(dev, dtype)  # the real table
     if len(shape) >= 2:
         fan_in = math.prod(shape[1:])
         t = torch.randn(shape, generator=gen, device=dev) / math.sqrt(fan_in)

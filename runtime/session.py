@@ -12,16 +12,22 @@ specs, so a session and a run that disagree fail before any work.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .engine import Engine, open_engine
-from .manifest import EngineError
-from .spec import DTYPES, GENERATION, SUPER_RESOLUTION, EngineSpec
+from ..engines.bank import (
+    LOOP_INPUTS,
+    MASK_KINDS,
+    mask_name,
+    motion_name,
+    reference_kv_names,
+)
+from ..engines.engine import Engine, open_engine
+from ..engines.manifest import EngineError
+from ..engines.spec import DTYPES, GENERATION, SUPER_RESOLUTION, EngineSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +44,18 @@ class Session:
 
     def __init__(
         self,
-        engines: dict[str, Engine],
+        engines: Mapping[str, Engine],
         device: torch.device | str,
         require: tuple[str, ...] = GENERATION,
     ):
         missing = [n for n in require if n not in engines]
         if missing:
             raise EngineError(f"this run needs the engines {missing} as well")
-        self.engines, self.device = engines, _normalised(torch.device(device))
+        self.engines, self.device = dict(engines), _normalised(torch.device(device))
         self._entered = False
         self._cache: dict[Any, Any] = {}
-        self.stream = None  # the session's CUDA stream while entered (None on the CPU)
-        self._stream_ctx = None
+        self.stream: torch.cuda.Stream | None = None  # while entered on a GPU
+        self._stream_ctx: Any = None
         if all(n in engines for n in GENERATION):
             self._read_generation_specs()
 
@@ -63,21 +69,23 @@ class Session:
         latents = den.inputs[0].dims  # (1, 4, F, h, w)
         self.frames, self.latent = int(latents[2]), int(latents[3])
         self.size = self.latent * 8
-        self.hooked = sum(1 for t in den.inputs if re.fullmatch(r"motion_\d+", t.name))
-        self.motion_frames = int(next(t for t in den.inputs if t.name == "motion_0").dims[1])
-        self.levels = sum(1 for t in den.inputs if t.name.startswith("full_mask_"))
+        names = {t.name for t in den.inputs}
+        self.hooked = sum(1 for i in range(len(names)) if motion_name(i) in names)
+        self.motion_frames = int(next(t for t in den.inputs if t.name == motion_name(0)).dims[1])
+        self.levels = sum(1 for lv in range(len(names)) if mask_name(MASK_KINDS[0], lv) in names)
         self.embedding_dim = int(self.spec("image_proj").inputs[0].dims[1])
         self._check_contract()
 
     def _check_contract(self) -> None:
         """The denoiser's inputs are exactly what the other engines and the runtime provide
         (engines exported by another version of hallo2rt fail here, not mid-run)."""
-        provided = {"latents", "timestep", "coef", "cfg_scale", "face_feature", "motion_scale"}
+        ref = {n for i in range(self.hooked) for n in reference_kv_names(i)}
+        provided = {*LOOP_INPUTS, "face_feature", "motion_scale"}
         provided |= {t.name for t in self.spec("image_proj").outputs} - {"image_tokens"}
         provided |= {t.name for t in self.spec("audio_proj").outputs}
-        provided |= {t.name for t in self.spec("reference_unet").outputs if "ref_" in t.name}
-        provided |= {f"motion_{i}" for i in range(self.hooked)}
-        provided |= {f"{k}_mask_{lv}" for k in ("full", "face", "lip") for lv in range(self.levels)}
+        provided |= {t.name for t in self.spec("reference_unet").outputs} & ref
+        provided |= {motion_name(i) for i in range(self.hooked)}
+        provided |= {mask_name(k, lv) for k in MASK_KINDS for lv in range(self.levels)}
         wanted = {t.name for t in self.spec("denoiser_step").inputs}
         if wanted != provided:
             missing, extra = sorted(wanted - provided), sorted(provided - wanted)
@@ -108,10 +116,10 @@ class Session:
             directory = Path(overrides.get(name, root)) / name
             engine = open_engine(directory, None if name in overrides else device)
             if engine.backend == "tensorrt":
-                if pool is None:
-                    from .tensorrt_backend import MemoryPool
+                from ..engines.tensorrt_backend import MemoryPool, TensorRTEngine
 
-                    pool = MemoryPool(engine.device)
+                assert isinstance(engine, TensorRTEngine)
+                pool = pool or MemoryPool(engine.device)
                 engine.pool = pool
             engines[name] = engine
         main = engines[names[0] if "denoiser_step" not in names else "denoiser_step"].device
@@ -148,7 +156,7 @@ class Session:
         self._leave_stream()
 
     def _leave_stream(self) -> None:
-        if self._stream_ctx is not None:
+        if self.stream is not None:
             self.stream.synchronize()
             self._stream_ctx.__exit__(None, None, None)
         self.stream = self._stream_ctx = None
