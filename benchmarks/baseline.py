@@ -24,7 +24,7 @@ from ..engines.bank import reference_tokens_official, split_reference_bank
 from ..runtime.audio import audio_windows
 from ..runtime.pipeline import RunConfig
 from ..runtime.portrait import Portrait
-from ..runtime.sampler import ddim_schedule
+from ..runtime.sampler import cfg_combine, ddim_schedule
 
 
 def official_clips(
@@ -91,7 +91,7 @@ def official_clips(
                     *masks,
                     scale,
                 )
-                v = v[:1] + cfg.cfg_scale * (v[1:] - v[:1])
+                v = cfg_combine(v, cfg.cfg_scale)
                 x = (float(sched.a[i]) * x + float(sched.b[i]) * v).to(dtype)
             frames = torch.cat([vae_d(x[0, :, j][None]) for j in range(f)])  # one at a time
             unit = (frames.float() / 2 + 0.5).clamp(0, 1).cpu()  # host round trip per clip

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engines.errors import OptionError
 from ..engines.spec import GENERATION, random_feed
 from ..runtime.session import Session
 
@@ -73,9 +74,9 @@ class BenchConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "clips", "repeats"):
             if getattr(self, name) < 1:
-                raise ValueError(f"BenchConfig.{name} = {getattr(self, name)} must be >= 1")
+                raise OptionError(f"BenchConfig.{name} = {getattr(self, name)} must be >= 1")
         if self.warmup < 0:
-            raise ValueError(f"BenchConfig.warmup = {self.warmup} must be >= 0")
+            raise OptionError(f"BenchConfig.warmup = {self.warmup} must be >= 0")
 
 
 def _sync(device: torch.device) -> None:
@@ -181,11 +182,11 @@ def generation_only(session: Session, cfg: BenchConfig) -> dict[str, float]:
     """Clips from ``generate`` to host frames: the scope the baseline is compared in."""
     from hallo2rt.runtime.pipeline import RunConfig, generate
 
-    run = RunConfig(steps=cfg.steps, frames=session.frames)
+    run = RunConfig(steps=cfg.steps, frames=session.frames, cuda_graph=cfg.cuda_graph)
     portrait = _portrait(session.size, session.embedding_dim)
 
     def clips(feats):
-        for clip in generate(session, portrait, feats, run, cuda_graph=cfg.cuda_graph):
+        for clip in generate(session, portrait, feats, run):
             yield clip.frames
 
     return _timed_clips(session, cfg, clips)
@@ -288,11 +289,11 @@ def end_to_end(session: Session, cfg: BenchConfig, workdir: Path) -> dict[str, f
         workdir / "bench.mp4",
         parse_box(DEMO_FACE_BOX),
         np.random.default_rng(0).standard_normal(session.embedding_dim),
-        RunConfig(steps=cfg.steps, frames=session.frames),
-        size=session.size,
+        RunConfig(
+            steps=cfg.steps, frames=session.frames, size=session.size, cuda_graph=cfg.cuda_graph
+        ),
         lip_box=parse_box(DEMO_LIP_BOX),
         progress=progress,
-        cuda_graph=cfg.cuda_graph,
     )
     seconds = time.perf_counter() - start
     frames = math.ceil(seconds_audio * 25)
@@ -418,7 +419,7 @@ def run_benchmark(
         )
         if cfg.baseline:
             if modules is None:
-                raise ValueError("--baseline official needs the modules: --checkpoints/--random")
+                raise OptionError("--baseline official needs the modules: --checkpoints/--random")
             log("official-style baseline ...")
             base = baseline_only(modules, session, cfg)
             phase_done()

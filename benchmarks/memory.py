@@ -68,10 +68,8 @@ def child(seconds: float, engines: str | None, steps: int, workdir: Path, upscal
             workdir / f"out-{seconds:g}s.mp4",
             parse_box(DEMO_FACE_BOX),
             np.random.default_rng(0).standard_normal(session.embedding_dim),
-            RunConfig(steps=steps, frames=session.frames),
-            size=session.size,
+            RunConfig(steps=steps, frames=session.frames, size=session.size, upscale=upscale),
             lip_box=parse_box(DEMO_LIP_BOX),
-            upscale=upscale,
         )
     wall = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

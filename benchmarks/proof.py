@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engines.errors import OptionError, SetupError
 from ..engines.spec import GENERATION, SUPER_RESOLUTION, random_feed
 from .bench import BenchConfig
 
@@ -54,14 +55,14 @@ class ProofConfig:
 
     def __post_init__(self) -> None:
         if self.budget_s <= 0:
-            raise ValueError(f"--budget {self.budget_s}: must be > 0 seconds")
+            raise OptionError(f"--budget {self.budget_s}: must be > 0 seconds")
         if self.size not in ("auto", "tiny", "full"):
-            raise ValueError(f"--size {self.size!r}: expected auto, tiny or full")
+            raise OptionError(f"--size {self.size!r}: expected auto, tiny or full")
         if self.steps < 1 or self.clips < 1:
-            raise ValueError("--steps and --clips must be >= 1")
+            raise OptionError("--steps and --clips must be >= 1")
         unknown = sorted(set(self.only) - {s.name for s in SECTIONS})
         if unknown:
-            raise ValueError(f"--only: unknown sections {unknown}; known: {section_names()}")
+            raise OptionError(f"--only: unknown sections {unknown}; known: {section_names()}")
 
 
 @dataclass
@@ -473,10 +474,8 @@ def upscaled_clip(device: str) -> None:
             Path(tmp) / "out.mp4",
             parse_box(DEMO_FACE_BOX),
             np.random.default_rng(0).standard_normal(session.embedding_dim),
-            RunConfig(steps=4, frames=16),
-            size=64,
+            RunConfig(steps=4, frames=16, size=64, upscale=2),
             lip_box=parse_box(DEMO_LIP_BOX),
-            upscale=2,
         )
     print("upscaled clip written")
 
@@ -610,7 +609,7 @@ def run_proof(
     )
     device = torch.device(dev_name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA GPU here")
+        raise SetupError("--device cuda: torch sees no CUDA GPU here")
     size = cfg.size if cfg.size != "auto" else ("full" if device.type == "cuda" else "tiny")
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = out_dir / "proof.jsonl"

@@ -64,6 +64,11 @@ def reference_kv_names(block: int) -> tuple[str, str]:
     return f"ref_k_{block}", f"ref_v_{block}"
 
 
+def reference_feature_name(block: int) -> str:
+    """The motion-frame features of hooked block ``block`` as reference_unet outputs them."""
+    return f"feature_{block}"
+
+
 def motion_name(block: int) -> str:
     """The motion-frame features of hooked block ``block`` (reference_unet's ``feature_i``)."""
     return f"motion_{block}"

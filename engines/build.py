@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .engine import Engine, artifact_files, backend_module
+from .errors import OptionError
 from .manifest import (
     MANIFEST,
     EngineError,
@@ -55,12 +56,12 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in ("onnxruntime", "tensorrt", "torch"):
-            raise ValueError(
+            raise OptionError(
                 f"BuildConfig.backend = {self.backend!r}: expected onnxruntime, tensorrt or torch"
             )
         kind = self.device.split(":")[0]
         if kind not in ("cpu", "cuda"):
-            raise ValueError(f"BuildConfig.device = {self.device!r}: expected cpu or cuda[:N]")
+            raise OptionError(f"BuildConfig.device = {self.device!r}: expected cpu or cuda[:N]")
         problems = []
         if self.backend == "tensorrt" and kind != "cuda":
             problems.append("tensorrt engines run on a GPU: use --device cuda")
@@ -75,7 +76,7 @@ class BuildConfig:
         if self.workspace_gb < 0:
             problems.append(f"workspace_gb = {self.workspace_gb} must be >= 0")
         if problems:
-            raise ValueError("BuildConfig: " + "; ".join(problems))
+            raise OptionError("BuildConfig: " + "; ".join(problems))
 
     def flags(self) -> str:
         """The CLI flags that reproduce this config (for the rebuild hint)."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .errors import FeedError, OptionError
 from .manifest import (
     EngineError,
     StaleEngineError,
@@ -43,7 +44,7 @@ BACKENDS = {
 def backend_module(name: str):
     """The module of backend ``name`` (imported now; it imports its own heavy packages)."""
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+        raise OptionError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
     return importlib.import_module(BACKENDS[name])
 
 
@@ -86,7 +87,7 @@ class Engine:
         self.spec.validate_feed(feed)
         wrong = [k for k, v in feed.items() if v.device.type != self.device.type]
         if wrong:
-            raise ValueError(
+            raise FeedError(
                 f"engine {self.name} runs on {self.device}; inputs {sorted(wrong)} are elsewhere"
             )
         return self._infer(feed)

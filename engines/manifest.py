@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .errors import Hallo2rtError
+
 MANIFEST = "manifest.json"
 
 # Facts of the running machine that an engine of each backend depends on: an engine whose
@@ -31,7 +33,7 @@ MUST_MATCH = {
 }
 
 
-class EngineError(RuntimeError):
+class EngineError(Hallo2rtError, RuntimeError):
     """An engine directory or artifact cannot be used; the message says why and what to do."""
 
 

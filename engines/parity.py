@@ -13,13 +13,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .errors import Hallo2rtError
 from .spec import EngineSpec
 
 FP32_REL_TOL = 1e-4  # docs/architecture.md: max |diff| <= 1e-4 * max |ref| per output
 FP16_MIN_COSINE = 0.999  # docs/architecture.md: fp16 vs fp32, cosine per output
 
 
-class ParityError(RuntimeError):
+class ParityError(Hallo2rtError, RuntimeError):
     """An engine disagrees with its reference beyond the threshold; the message names outputs."""
 
 

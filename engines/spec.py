@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .errors import FeedError
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 
 # Engines that stay fp32 in an fp16 build, as in the official code: wav2vec (cheap), CodeFormer
@@ -125,7 +127,7 @@ class EngineSpec:
                             f"{bound.get(want, f'{lo}..{hi}')}"
                         )
         if problems:
-            raise ValueError(f"bad feed for engine {self.name}: " + "; ".join(sorted(problems)))
+            raise FeedError(f"bad feed for engine {self.name}: " + "; ".join(sorted(problems)))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from .engine import Engine
+from .errors import OptionError
 from .manifest import EngineError
 from .spec import DTYPES, FP32_ONLY, EngineSpec
 
@@ -79,15 +80,17 @@ def build_plan(
     11.x removed ``BuilderFlag.FP16/INT8/FP8``, see ``has_weak_typing``)."""
     cc = _cc(compute_capability)
     if config.fp8 and cc < FP8_MIN_CC:
-        raise ValueError(f"--fp8 needs compute capability >= 8.9; this GPU is {compute_capability}")
+        raise OptionError(
+            f"--fp8 needs compute capability >= 8.9; this GPU is {compute_capability}"
+        )
     if config.int8 and cc < INT8_MIN_CC:
-        raise ValueError(
+        raise OptionError(
             f"--int8 needs compute capability >= 6.1; this GPU is {compute_capability}"
         )
     fp16 = config.fp16 and spec.name not in FP32_ONLY  # those stay fp32 in an fp16 build
     strongly_typed = onnx_precision == "fp16" or not (fp16 or config.int8 or config.fp8)
     if strongly_typed and onnx_precision == "fp16" and (config.int8 or config.fp8):
-        raise ValueError(
+        raise OptionError(
             "--int8/--fp8 are weak-typing flags; build them from an fp32 export "
             "(`hallo2rt export --precision fp32`) with Q/DQ nodes"
         )
@@ -97,7 +100,7 @@ def build_plan(
         if on and not strongly_typed
     )
     if flags and not weak_typing:
-        raise ValueError(
+        raise OptionError(
             f"--{'/--'.join(f.lower() for f in flags)} on an fp32 export needs TensorRT's "
             "weak-typing builder flags, which this TensorRT (11 or later) no longer has: export "
             "in fp16 (`hallo2rt export --precision fp16`) and build without --fp16; the "

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engines.errors import Hallo2rtError, OptionError
 from .config import (
     CodeFormerConfig,
     HeadsConfig,
@@ -127,7 +128,7 @@ WAV2VEC_DROPS = [
 ]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(Hallo2rtError, RuntimeError):
     """A checkpoint file is missing, unreadable or does not match the architecture."""
 
 
@@ -339,7 +340,7 @@ def load_pretrained(
     names = list(dict.fromkeys(components or COMPONENTS))
     unknown = [c for c in names if c not in COMPONENT_FILES]
     if unknown:
-        raise ValueError(f"unknown components {unknown}; known: {', '.join(COMPONENTS)}")
+        raise OptionError(f"unknown components {unknown}; known: {', '.join(COMPONENTS)}")
     if not root.is_dir():
         raise CheckpointError(
             f"checkpoint directory {root} does not exist: point it at the "

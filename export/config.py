@@ -18,8 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engines.errors import Hallo2rtError
 
-class ConfigError(ValueError):
+
+class ConfigError(Hallo2rtError, ValueError):
     """A config value is invalid or unsupported; the message names the field and the value."""
 
 

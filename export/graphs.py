@@ -24,8 +24,10 @@ from ..engines.bank import (
     image_kv_names,
     mask_name,
     motion_name,
+    reference_feature_name,
     reference_kv_names,
 )
+from ..engines.errors import OptionError
 from ..engines.spec import ENGINE_NAMES, EngineSpec, TensorSpec
 from .checkpoints import Pretrained
 from .modules.layers import round_to_fp16
@@ -48,9 +50,9 @@ class GraphShapes:
 
     def __post_init__(self) -> None:
         if self.size % 64:
-            raise ValueError(f"GraphShapes.size = {self.size}: must be a multiple of 64")
+            raise OptionError(f"GraphShapes.size = {self.size}: must be a multiple of 64")
         if not 0 < self.sr_overlap < self.sr_frames:
-            raise ValueError(
+            raise OptionError(
                 f"GraphShapes.sr_overlap = {self.sr_overlap}: must lie in 1..sr_frames - 1 "
                 f"({self.sr_frames - 1})"
             )
@@ -351,7 +353,7 @@ def _reference_unet(pre: Pretrained, s: GraphShapes) -> Graph:
     for i, (length, ch) in enumerate(den.hooked_shapes((lat, lat))):
         outs += [
             *(_t(n, "rows", length, ch) for n in reference_kv_names(i)),
-            _t(f"feature_{i}", "rows", length, ch),
+            _t(reference_feature_name(i), "rows", length, ch),
         ]
     rows = 2 * s.motion_frames
     spec = EngineSpec(
@@ -474,7 +476,7 @@ def _face_restorer(pre: Pretrained, s: GraphShapes) -> Graph:
     cf = pre.config.codeformer
     side, lat, c = cf.img_size, cf.attn_resolution, s.sr_overlap
     if side != s.face_size:
-        raise ValueError(
+        raise OptionError(
             f"this CodeFormer restores {side}x{side} crops but GraphShapes.face_size is "
             f"{s.face_size}: export with face_size={side}"
         )

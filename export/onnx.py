@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..engines.errors import OptionError, SetupError
 from ..engines.manifest import onnx_sha256, sha256_files
 from ..engines.ort_backend import check_on_cpu
 from ..engines.parity import (  # noqa: F401  (ParityError: part of this module's API)
@@ -51,7 +52,7 @@ def _export_fp16(
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
     except ImportError as exc:
-        raise RuntimeError("fp16 export needs onnxscript: pip install onnxscript") from exc
+        raise SetupError("fp16 export needs onnxscript: pip install onnxscript") from exc
     dims = {k: torch.export.Dim(k, min=lo, max=hi) for k, (lo, _, hi) in spec.profiles.items()}
     dynamic = tuple(
         {i: dims[d] for i, d in enumerate(t.dims) if isinstance(d, str)} or None
@@ -321,10 +322,10 @@ def export_engines(
     shapes = shapes or GraphShapes()
     names = list(dict.fromkeys(only or ENGINE_NAMES))
     if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision {precision!r}: expected fp32 or fp16")
+        raise OptionError(f"precision {precision!r}: expected fp32 or fp16")
     unknown = [n for n in names if n not in ENGINE_NAMES]
     if unknown:
-        raise ValueError(f"unknown engines {unknown}; known: {', '.join(ENGINE_NAMES)}")
+        raise OptionError(f"unknown engines {unknown}; known: {', '.join(ENGINE_NAMES)}")
     components = dict.fromkeys(c for n in names for c in ENGINE_COMPONENTS[n])
     pre = load_pretrained(checkpoints, components)
     shapes = fit_shapes(shapes, pre)  # the face crop side is the restorer's

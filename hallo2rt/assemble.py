@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .engines.errors import OptionError
 from .engines.manifest import EngineError
 from .engines.spec import FP32_ONLY, GENERATION, SUPER_RESOLUTION, run_engines
 from .runtime.session import Session
@@ -102,15 +103,15 @@ def open_session(
     overrides = overrides or {}
     if engines is not None:
         if dtype != "fp32":
-            raise ValueError(
+            raise OptionError(
                 "--dtype applies to --checkpoints; built engines run at the precision they "
                 "were exported and built with (hallo2rt export --precision / build --fp16)"
             )
         return Session.open(engines, device, overrides, run_engines(generation, upscale))
     if overrides:
-        raise ValueError("--engine NAME=DIR needs --engines")
+        raise OptionError("--engine NAME=DIR needs --engines")
     if checkpoints is None:
-        raise ValueError("give --checkpoints (PyTorch) or --engines (built engines)")
+        raise OptionError("give --checkpoints (PyTorch) or --engines (built engines)")
     return load_torch_session(
         checkpoints, device or "cpu", dtype == "fp16", size or 512, frames, generation, upscale
     )

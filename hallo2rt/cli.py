@@ -12,7 +12,8 @@ import math
 import sys
 from pathlib import Path
 
-from hallo2rt.demo import cache_dir
+from hallo2rt.demo import DEMO_SIZE, cache_dir
+from hallo2rt.engines.errors import Hallo2rtError, OptionError
 
 SUBCOMMANDS = {
     "export": "export every engine's graph to ONNX from a checkpoint tree",
@@ -324,10 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_config(args: argparse.Namespace):
+def _run_config(args: argparse.Namespace, **more):
+    """The run options every generating subcommand shares, plus ``more`` of RunConfig's."""
     from hallo2rt.runtime.pipeline import RunConfig
 
     return RunConfig(
+        **more,
         steps=args.steps,
         cfg_scale=args.cfg,
         seed=args.seed,
@@ -381,7 +384,7 @@ def _session(args: argparse.Namespace, generation: bool = True, upscale: bool = 
     for item in args.engine:
         name, sep, directory = item.partition("=")
         if not sep:
-            raise ValueError(f"--engine {item!r}: expected NAME=DIR")
+            raise OptionError(f"--engine {item!r}: expected NAME=DIR")
         overrides[name.strip()] = Path(directory)
     return open_session(
         engines=args.engines,
@@ -398,7 +401,7 @@ def _session(args: argparse.Namespace, generation: bool = True, upscale: bool = 
 
 def _face_analysis_dir(args: argparse.Namespace) -> Path:
     if args.checkpoints is None:
-        raise ValueError(
+        raise OptionError(
             "without --face-box and --face-embedding the face is found with the official "
             "face_analysis models: pass --checkpoints pretrained_models"
         )
@@ -409,9 +412,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from hallo2rt.runtime.pipeline import generate_video
     from hallo2rt.runtime.portrait import load_embedding, parse_box
 
-    cfg = _run_config(args)
     if args.separate_vocals and args.checkpoints is None:
-        raise ValueError("--separate-vocals reads audio_separator/ from --checkpoints")
+        raise OptionError("--separate-vocals reads audio_separator/ from --checkpoints")
     separate = _vocal_separator(args)
     face_box = parse_box(args.face_box) if args.face_box else None
     lip_box = parse_box(args.lip_box) if args.lip_box else None
@@ -427,6 +429,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     session = _session(args, upscale=args.upscale != 1)
     if not args.quiet:  # say which step loop ran (CUDA graph or per-step launches) and why
         logging.getLogger("hallo2rt.runtime.pipeline").setLevel(logging.INFO)
+    cfg = _run_config(
+        args,
+        size=args.size or session.size,
+        face_expand_ratio=args.face_expand_ratio,
+        cuda_graph=not args.no_cuda_graph,
+        keep_partial=args.keep_partial,
+        upscale=args.upscale,
+        fidelity=args.fidelity,
+    )
     with session:
         out = generate_video(
             session,
@@ -436,15 +447,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             face_box,
             embedding,
             cfg,
-            size=args.size or session.size,
             lip_box=lip_box,
-            face_expand_ratio=args.face_expand_ratio,
             progress=_progress_printer(args.quiet),
             separate=separate,
-            cuda_graph=not args.no_cuda_graph,
-            keep_partial=args.keep_partial,
-            upscale=args.upscale,
-            fidelity=args.fidelity,
         )
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -484,7 +489,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = run_demo(
         args.out,
         args.cache,
-        _run_config(args),
+        _run_config(args, size=DEMO_SIZE),
         device,
         args.dtype == "fp16",
         _progress_printer(args.quiet),
@@ -597,10 +602,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from hallo2rt.engines.spec import run_engines
 
     if args.sr_only and (args.upscale == 1 or cfg.baseline or args.plot):
-        raise ValueError("--sr-only needs --upscale 2 or 4, and takes no --baseline or --plot")
+        raise OptionError("--sr-only needs --upscale 2 or 4, and takes no --baseline or --plot")
     names = run_engines(not args.sr_only, args.upscale > 1)
     if args.engines is not None and cfg.baseline:
-        raise ValueError(
+        raise OptionError(
             "--baseline official runs the PyTorch modules: use --checkpoints or --random"
         )
     with tempfile.TemporaryDirectory() as tmp:
@@ -672,17 +677,18 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, run one subcommand; hallo2rt's own errors print one line and exit 1, anything else
+    is a bug and keeps its traceback; Ctrl-C exits 130."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from hallo2rt.export import CheckpointError, ConfigError
-    from hallo2rt.runtime.media import MediaError
-
     try:
         return COMMANDS[args.command](args)
-    except (MediaError, CheckpointError, ConfigError, ValueError, RuntimeError) as exc:
+    except Hallo2rtError as exc:  # a cause the user can fix: one line (-v: the traceback too)
+        if args.verbose:
+            raise
         print(f"hallo2rt {args.command}: error: {exc}", file=sys.stderr)
         return ERROR_EXIT
     except KeyboardInterrupt:

@@ -55,7 +55,7 @@ def run_demo(
     progress: Callable | None = None,
 ) -> Path:
     """The bundled portrait animated by the bundled speech on the tiny random model, to ``out``
-    (``cfg``: a ``runtime.pipeline.RunConfig``)."""
+    (``cfg``: a ``runtime.pipeline.RunConfig`` of size ``DEMO_SIZE``)."""
     from .assemble import load_torch_session
     from .runtime.pipeline import generate_video
     from .runtime.portrait import parse_box
@@ -72,7 +72,6 @@ def run_demo(
             parse_box(DEMO_FACE_BOX),
             embedding,
             cfg,
-            size=DEMO_SIZE,
             lip_box=parse_box(DEMO_LIP_BOX),
             progress=progress,
         )

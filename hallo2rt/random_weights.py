@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from hallo2rt.engines.errors import OptionError
 from hallo2rt.export.checkpoints import (
     COMPONENT_FILES,
     FACE_DETECTOR,
@@ -264,7 +265,7 @@ def make_random_pretrained(
     do not depend on which other files are written. Returns the ModelConfig written.
     """
     if size not in CONFIGS:
-        raise ValueError(f"size must be one of {sorted(CONFIGS)}, got {size!r}")
+        raise OptionError(f"size must be one of {sorted(CONFIGS)}, got {size!r}")
     cfg = CONFIGS[size]()
     tiny = size == "tiny"
     include_unused = tiny if include_unused is None else include_unused
@@ -303,7 +304,7 @@ def random_pretrained(
     cast to ``dtype``: an fp16 build holds the fp32 build's values rounded. (Values differ
     from ``make_random_pretrained``'s, whose generators run on the CPU.)"""
     if size not in CONFIGS:
-        raise ValueError(f"size must be one of {sorted(CONFIGS)}, got {size!r}")
+        raise OptionError(f"size must be one of {sorted(CONFIGS)}, got {size!r}")
     cfg = CONFIGS[size]()
     device = torch.device(device)
     names = list(components or COMPONENTS)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engines.errors import SetupError
 from .media import MediaError
 
 DETECTOR = "scrfd_10g_bnkps.onnx"
@@ -157,7 +158,7 @@ class FaceAnalyzer:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise RuntimeError(
+            raise SetupError(
                 "face analysis needs onnxruntime: pip install onnxruntime (or "
                 "pass --face-box and --face-embedding)"
             ) from exc

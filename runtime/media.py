@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..engines.errors import Hallo2rtError
 
-class MediaError(ValueError):
+
+class MediaError(Hallo2rtError, ValueError):
     """A user-supplied media file is missing, unreadable or unusable; says which and why."""

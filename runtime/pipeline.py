@@ -25,9 +25,11 @@ from ..engines.bank import (
     MASK_KINDS,
     mask_name,
     motion_name,
+    reference_feature_name,
     reference_kv_names,
     reference_token_rows,
 )
+from ..engines.errors import OptionError
 from ..engines.manifest import EngineError
 from ..engines.spec import SUPER_RESOLUTION
 from .audio import (
@@ -67,6 +69,12 @@ class RunConfig:
     mask_rate: float = 0.25  # chance of dropping a motion-frame pixel outside the face
     official_rng: bool = False  # one CPU generator: rand(mask) then fp16 randn(noise) per clip
     fps: int = 25  # output frame rate (the audio features are made for 25)
+    size: int = 512  # generated frame side in px (a multiple of 64; engines: their own)
+    face_expand_ratio: float = 1.2  # face rectangle expansion about its centre (official)
+    cuda_graph: bool = True  # replay the step loop as one CUDA graph where it can be captured
+    keep_partial: bool = False  # on an error or interrupt keep the clips made so far
+    upscale: int = 1  # 1, 2 or 4: super-resolution of every clip to that many times the size
+    fidelity: float = 0.5  # CodeFormer's w with upscale: 0 favours quality, 1 the input face
 
     def __post_init__(self) -> None:
         checks = {
@@ -76,10 +84,14 @@ class RunConfig:
             "fps": self.fps == 25,
             "mask_rate": 0.0 <= self.mask_rate <= 1.0,
             "cfg_scale": self.cfg_scale >= 0,
+            "size": self.size > 0 and self.size % 64 == 0,
+            "face_expand_ratio": self.face_expand_ratio > 0,
+            "upscale": self.upscale in (1, 2, 4),
+            "fidelity": 0.0 <= self.fidelity <= 1.0,
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"RunConfig.{name} = {getattr(self, name)!r} is out of range")
+                raise OptionError(f"RunConfig.{name} = {getattr(self, name)!r} is out of range")
 
 
 @dataclass(frozen=True)
@@ -145,13 +157,79 @@ def _check_shapes(session: Session, portrait: Portrait, cfg: RunConfig) -> None:
         )
 
 
+def _per_video(
+    session: Session, portrait: Portrait, cfg: RunConfig
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """What stays constant over a video: the denoiser_step inputs (image K/V, face feature,
+    reference K/V, masks, motion_scale), the image tokens (2, T, C) [uncond, cond] and the
+    portrait's pixels (1, 3, S, S) on the session's device."""
+    run, dev = session.run, session.device
+    image = {k: v.clone() for k, v in run("image_proj", embedding=portrait.embedding).items()}
+    tokens = image.pop("image_tokens")  # the rest: their cross-attention K/V per block
+    face = run("face_locator", face_region=portrait.face_region)["face_feature"].clone()
+    pixels = portrait.pixels.to(dev)
+    ref_latent = run("vae_encoder", pixels=pixels)["latents"]  # (1, 4, h, w)
+    ref_rows, _ = reference_token_rows(cfg.motion_frames)
+    ref = run("reference_unet", latents=ref_latent.expand(2, -1, -1, -1), tokens=tokens[ref_rows])
+    const = {
+        **image,
+        "face_feature": face,
+        "motion_scale": torch.tensor([cfg.pose_weight, cfg.face_weight, cfg.lip_weight]),
+    }
+    for i in range(session.hooked):  # reference K/V of every hooked block
+        const.update({n: ref[n].clone() for n in reference_kv_names(i)})
+    masks = (portrait.full_masks, portrait.face_masks, portrait.lip_masks)
+    for kind, per_level in zip(MASK_KINDS, masks, strict=True):
+        const.update({mask_name(kind, lv): x for lv, x in enumerate(per_level)})
+    return {k: v.to(dev) for k, v in const.items()}, tokens, pixels
+
+
+def _per_clip(
+    session: Session, tokens: torch.Tensor, motion: torch.Tensor, window: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The denoiser_step inputs of one clip: the motion frames' ReferenceNet features per block
+    and the audio cross-attention K/V. motion: (M, 3, S, S) masked motion frames; window:
+    (1, F, 5, layers, C) audio feature windows."""
+    run, m = session.run, motion.shape[0]
+    _, motion_rows = reference_token_rows(m)
+    latents = run("vae_encoder", pixels=motion)["latents"]  # (M, 4, h, w)
+    rows = run(
+        "reference_unet",
+        latents=latents.repeat(2, 1, 1, 1),  # [m1..mM] per CFG half
+        tokens=tokens[motion_rows],
+    )
+    clip = {}
+    for i in range(session.hooked):  # (2M, L, C) -> (2, M, L, C) per block
+        feat = rows[reference_feature_name(i)]
+        clip[motion_name(i)] = feat.reshape(2, m, *feat.shape[1:]).clone()
+    audio_kv = run("audio_proj", windows=window)
+    clip.update({k: v.clone() for k, v in audio_kv.items()})
+    return clip
+
+
+def _decode(session: Session, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean latents (1, 4, F, h, w) -> the clip's pixels (F, 3, S, S) in [-1, 1] (a copy) and
+    the next clip's motion frames (M, 3, S, S), through the official [0, 1] round trip."""
+    pixels = session.run("vae_decoder", latents=x[0].transpose(0, 1))["pixels"]
+    motion = (pixels[-m:].float() / 2 + 0.5).clamp(0, 1) * 2 - 1
+    return pixels.clone(), motion  # the engine reuses its output buffer
+
+
+def _ready(pixels: torch.Tensor):
+    """A CUDA event recorded after the work that made ``pixels`` (None on the CPU)."""
+    if pixels.device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
 def generate(
     session: Session,
     portrait: Portrait,
     features: torch.Tensor | TensorFeatures | StreamedFeatures,
     cfg: RunConfig,
     on_step: Callable[[], None] | None = None,
-    cuda_graph: bool = True,
 ) -> Iterator[Clip]:
     """Yield clips of ``cfg.frames`` frames until every audio frame is covered.
 
@@ -163,64 +241,94 @@ def generate(
     if isinstance(features, torch.Tensor):
         features = TensorFeatures(features)
     _check_shapes(session, portrait, cfg)
-    run, dev, f, m = session.run, session.device, cfg.frames, cfg.motion_frames
-    image = run("image_proj", embedding=portrait.embedding)  # per video
-    image = {k: v.clone() for k, v in image.items()}
-    tokens = image.pop("image_tokens")  # (2, T, C) [uncond, cond]; the rest: their K/V
-    face = run("face_locator", face_region=portrait.face_region)["face_feature"].clone()
-    ref_pixels = portrait.pixels.to(dev)
-    ref_latent = run("vae_encoder", pixels=ref_pixels)["latents"]  # (1, 4, h, w), per video
-    ref_rows, motion_rows = reference_token_rows(m)
-    ref = run("reference_unet", latents=ref_latent.expand(2, -1, -1, -1), tokens=tokens[ref_rows])
-    const = {  # denoiser_step inputs constant over the video
-        **image,  # image cross-attention K/V per block
-        "face_feature": face,
-        "motion_scale": torch.tensor([cfg.pose_weight, cfg.face_weight, cfg.lip_weight]),
-    }
-    for i in range(session.hooked):  # reference K/V of every hooked block, once per video
-        const.update({n: ref[n].clone() for n in reference_kv_names(i)})
-    for kind, masks in zip(
-        MASK_KINDS,
-        (portrait.full_masks, portrait.face_masks, portrait.lip_masks),
-        strict=True,
-    ):
-        const.update({mask_name(kind, lv): x for lv, x in enumerate(masks)})
-    const = {k: v.to(dev) for k, v in const.items()}
-    loop = step_loop(session, ddim_schedule(cfg.steps), cfg.cfg_scale, cuda_graph)
-    n_clips = math.ceil(features.frames / f)
-    size = portrait.pixels.shape[-1]
+    f, m, size = cfg.frames, cfg.motion_frames, portrait.pixels.shape[-1]
+    const, tokens, pixels = _per_video(session, portrait, cfg)
+    loop = step_loop(session, ddim_schedule(cfg.steps), cfg.cfg_scale, cfg.cuda_graph)
     keep_face = portrait.face_region[0, 0].bool()  # (S, S)
     mask_gen, noise_gen = _generators(cfg)
     noise_dtype = torch.float16 if cfg.official_rng else torch.float32
-    motion = ref_pixels.expand(m, -1, -1, -1)  # clip 0: the portrait itself (not zeros)
-    h = size // 8
-    for t in range(n_clips):
+    motion = pixels.expand(m, -1, -1, -1)  # clip 0: the portrait itself (not zeros)
+    step = (lambda _i: on_step()) if on_step else None
+    for t in range(math.ceil(features.frames / f)):
+        # the official order: the pixel mask, then the noise (docs/model.md §1.12)
         keep = (torch.rand(size, size, generator=mask_gen) > cfg.mask_rate) | keep_face
-        noise = torch.randn((1, 4, f, h, h), generator=noise_gen, dtype=noise_dtype)
-        motion_latents = run("vae_encoder", pixels=motion * keep.to(dev))["latents"]  # (M,4,h,w)
-        rows = run(
-            "reference_unet",
-            latents=motion_latents.repeat(2, 1, 1, 1),  # [m1..mM] per CFG half
-            tokens=tokens[motion_rows],
-        )
-        clip = dict(const)
-        for i in range(session.hooked):  # (2M, L, C) -> (2, M, L, C) per block
-            feat = rows[f"feature_{i}"]
-            clip[motion_name(i)] = feat.reshape(2, m, *feat.shape[1:]).clone()
+        noise = torch.randn((1, 4, f, size // 8, size // 8), generator=noise_gen, dtype=noise_dtype)
         window = features.windows(t * f, f)[None]  # (1, F, 5, layers, C)
-        audio_kv = run("audio_proj", windows=window)  # audio cross-attention K/V per block
-        clip.update({k: v.clone() for k, v in audio_kv.items()})
-        x = loop(clip, noise.to(dev), (lambda _i: on_step()) if on_step else None)
-        pixels = run("vae_decoder", latents=x[0].transpose(0, 1))["pixels"]  # (F, 3, S, S)
-        # next clip's motion frames, through the official [0, 1] round trip of the output frames
-        motion = (pixels[-m:].float() / 2 + 0.5).clamp(0, 1) * 2 - 1
-        pixels = pixels.clone()  # the engine reuses its output buffer
-        ready = None
-        if pixels.device.type == "cuda":
-            ready = torch.cuda.Event()
-            ready.record()
-        yield Clip(t, pixels, ready)
+        clip = {**const, **_per_clip(session, tokens, motion * keep.to(motion.device), window)}
+        x = loop(clip, noise.to(session.device), step)
+        out, motion = _decode(session, x, m)
+        yield Clip(t, out, _ready(out))
     log.info("step loop: %s", loop.mode)
+
+
+def _audio(session: Session, audio, cfg: RunConfig, separate):
+    """The audio features (streamed, or of the separated voice) and the audio to mux."""
+
+    def encode(x: torch.Tensor, n: int) -> torch.Tensor:
+        feats = session.run("audio_encoder", waveform=x)["features"]  # (1, ceil(S/640), L, C)
+        if feats.shape[1] != n:
+            raise RuntimeError(f"audio_encoder gave {feats.shape[1]} frames for {n}")
+        return feats.float().cpu()
+
+    if separate is None:  # streamed: memory does not grow with the audio's length
+        features = StreamedFeatures(audio, encode, cfg.frames)  # a first pass checks the file
+        return features, AudioStream(audio)  # muxed as it goes
+    # the separator needs the whole stereo track (official --separate-vocals path)
+    samples, rate = load_audio(audio, sample_rate=None, mono=False)
+    stereo = resample(samples, rate, VOCALS_RATE, mono=False)
+    vocals = separate(np.repeat(stereo, 2, axis=0) if stereo.shape[0] == 1 else stereo)
+    wave16 = resample(vocals, VOCALS_RATE, 16000, mono=True)
+    return TensorFeatures(*audio_features(wave16[0], encode, cfg.frames)), (samples, rate)
+
+
+def _super_resolver(session: Session, cfg: RunConfig) -> SuperResolver | None:
+    if cfg.upscale == 1:
+        return None
+    if not session.upscales:
+        raise EngineError(
+            f"--upscale {cfg.upscale} needs the super-resolution engines "
+            f"{list(SUPER_RESOLUTION)} in the session: export and build them too (they are part "
+            "of a full export)"
+        )
+    return SuperResolver(session, cfg.size, cfg.size, cfg.upscale, cfg.fidelity)  # no work yet
+
+
+def _progress(
+    progress: Callable[[Progress], None] | None, n_clips: int, cfg: RunConfig
+) -> Callable[[], None]:
+    """The per-step callback: counts steps and hands ``progress`` a Progress."""
+    total, done, start = n_clips * cfg.steps, [0], time.perf_counter()
+
+    def on_step() -> None:
+        done[0] += 1
+        if progress:
+            elapsed = time.perf_counter() - start
+            clip = done[0] // cfg.steps
+            progress(Progress(clip, n_clips, done[0], total, elapsed, frames_per_clip=cfg.frames))
+
+    return on_step
+
+
+def _stream_clips(clips: Iterator[Clip], sink: ClipWriter, sr, audio_length: int) -> None:
+    """Hand every clip to the writer, through super-resolution when ``sr``."""
+    sent = 0
+    for clip in clips:
+        if sr is None:
+            sink.put(clip.pixels, clip.ready)
+            continue
+        pixels = clip.pixels[: audio_length - sent]  # no SR for frames cut anyway
+        sent += pixels.shape[0]
+        for frames in sr.push(pixels):
+            sink.put(frames)
+    for frames in sr.flush() if sr is not None else ():
+        sink.put(frames)
+    if sr is not None and sr.frames_without_face:
+        log.warning(
+            "super-resolution: %d of %d frames had no face detected and reused the previous "
+            "frame's landmarks",
+            sr.frames_without_face,
+            sr.frames_out,
+        )
 
 
 def generate_video(
@@ -231,105 +339,37 @@ def generate_video(
     face_box: Box,
     embedding: np.ndarray,
     cfg: RunConfig = RunConfig(),
-    size: int = 512,
     lip_box: Box | None = None,
-    face_expand_ratio: float = 1.2,
     progress: Callable[[Progress], None] | None = None,
     separate: Callable[[np.ndarray], np.ndarray] | None = None,
-    cuda_graph: bool = True,
-    keep_partial: bool = False,
-    upscale: int = 1,
-    fidelity: float = 0.5,
 ) -> Path:
     """Portrait + driving audio -> MP4 at ``out`` with the audio muxed. Inputs are all read and
-    checked before the output is opened; the file appears only when complete (``keep_partial``:
-    on an error or interrupt, the clips finished so far are kept as a playable file). ``separate``
-    ((2, n) 44.1 kHz -> vocals) isolates the voice before the audio features are computed.
-    ``upscale`` 2 or 4 streams every clip through face restoration (CodeFormer ``fidelity``) and
-    background upsampling (``runtime.sr``) to a video ``upscale`` times the size; the session
-    must then hold the super-resolution engines. ``session`` must be open (``with session:``)."""
+    checked before the output is opened; the file appears only when complete
+    (``cfg.keep_partial``: on an error or interrupt, the clips finished so far are kept as a
+    playable file). ``separate`` ((2, n) 44.1 kHz -> vocals) isolates the voice before the audio
+    features are computed. ``cfg.upscale`` 2 or 4 streams every clip through face restoration
+    (CodeFormer ``cfg.fidelity``) and background upsampling (``runtime.sr``); the session must
+    then hold the super-resolution engines. ``session`` must be open (``with session:``)."""
     if np.size(embedding) != session.embedding_dim:
         raise MediaError(
             f"the face embedding has {np.size(embedding)} values; this model "
             f"expects {session.embedding_dim} (the raw ArcFace embedding)"
         )
     rgb = load_image(image)
-    portrait = build_portrait(rgb, size, face_box, embedding, lip_box, face_expand_ratio)
+    portrait = build_portrait(rgb, cfg.size, face_box, embedding, lip_box, cfg.face_expand_ratio)
     _check_shapes(session, portrait, cfg)  # before any model work
-    sr = None
-    if upscale != 1:
-        if not session.upscales:
-            raise EngineError(
-                f"--upscale {upscale} needs the super-resolution engines {list(SUPER_RESOLUTION)}"
-                " in the session: export and build them too (they are part of a full export)"
-            )
-        sr = SuperResolver(session, size, size, upscale, fidelity)  # checks sizes, no work
-
-    def encode(x: torch.Tensor, n: int) -> torch.Tensor:
-        feats = session.run("audio_encoder", waveform=x)["features"]  # (1, ceil(S/640), L, C)
-        if feats.shape[1] != n:
-            raise RuntimeError(f"audio_encoder gave {feats.shape[1]} frames for {n}")
-        return feats.float().cpu()
-
-    if separate is None:  # streamed: memory does not grow with the audio's length
-        features: StreamedFeatures | TensorFeatures = StreamedFeatures(
-            audio, encode, cfg.frames
-        )  # a first pass checks the file
-        native: AudioStream | tuple[np.ndarray, int] = AudioStream(audio)  # muxed as it goes
-    else:  # the separator needs the whole stereo track (official --separate-vocals path)
-        samples, rate = load_audio(audio, sample_rate=None, mono=False)
-        stereo = resample(samples, rate, VOCALS_RATE, mono=False)
-        vocals = separate(np.repeat(stereo, 2, axis=0) if stereo.shape[0] == 1 else stereo)
-        wave16 = resample(vocals, VOCALS_RATE, 16000, mono=True)
-        features = TensorFeatures(*audio_features(wave16[0], encode, cfg.frames))
-        native = (samples, rate)
-    audio_length = features.audio_length
-    n_clips = math.ceil(features.frames / cfg.frames)
-    steps_total, done = n_clips * cfg.steps, [0]
+    sr = _super_resolver(session, cfg)
+    features, native = _audio(session, audio, cfg, separate)
     start = time.perf_counter()
-
-    def report(clip: int) -> None:
-        if progress:
-            progress(
-                Progress(
-                    clip,
-                    n_clips,
-                    done[0],
-                    steps_total,
-                    time.perf_counter() - start,
-                    frames_per_clip=cfg.frames,
-                )
-            )
-
-    def on_step() -> None:
-        done[0] += 1
-        report(done[0] // cfg.steps)
-
+    on_step = _progress(progress, math.ceil(features.frames / cfg.frames), cfg)
     try:
-        side = size * upscale
-        writer = VideoWriter(out, side, side, cfg.fps, audio=native, max_frames=audio_length)
+        side, frames = cfg.size * cfg.upscale, features.audio_length
+        writer = VideoWriter(out, side, side, cfg.fps, audio=native, max_frames=frames)
         sink = ClipWriter(writer)  # converts and encodes while the next clip denoises
         try:
-            sent = 0
-            for clip in generate(session, portrait, features, cfg, on_step, cuda_graph):
-                if sr is None:
-                    sink.put(clip.pixels, clip.ready)
-                    continue
-                pixels = clip.pixels[: audio_length - sent]  # no SR for frames cut anyway
-                sent += pixels.shape[0]
-                for frames in sr.push(pixels):
-                    sink.put(frames)
-            for frames in sr.flush() if sr is not None else ():
-                sink.put(frames)
-            if sr is not None and sr.frames_without_face:
-                log.warning(
-                    "super-resolution: %d of %d frames had no face detected and reused the "
-                    "previous frame's landmarks",
-                    sr.frames_without_face,
-                    sr.frames_out,
-                )
+            _stream_clips(generate(session, portrait, features, cfg, on_step), sink, sr, frames)
         except BaseException:
-            if keep_partial and sink.clips_put:
+            if cfg.keep_partial and sink.clips_put:
                 sink.close(trim_audio=True)  # what was generated, audio cut with the video
                 log.warning("stopped: kept the first %d frames in %s", writer.frames_written, out)
             else:
@@ -339,5 +379,5 @@ def generate_video(
     finally:
         if isinstance(native, AudioStream):
             native.close()
-    log.info("%d frames in %.1f s", audio_length, time.perf_counter() - start)
+    log.info("%d frames in %.1f s", features.audio_length, time.perf_counter() - start)
     return Path(out)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engines.errors import OptionError
 from .media import MediaError
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in source-image pixels
@@ -145,7 +146,7 @@ def build_portrait(
             "(expected x0,y0,x1,y1 in pixels with x0 < x1 and y0 < y1)"
         )
     if size % 64:
-        raise ValueError(f"size {size} must be a multiple of 64 (latent / 8 at the deepest level)")
+        raise OptionError(f"size {size} must be a multiple of 64 (latent / 8 at the deepest level)")
     emb = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
     face = expand_box(face_box, face_expand_ratio, width, height)
     lips = expand_box(lip_box or default_lip_box(face_box), LIP_EXPAND, width, height)

@@ -1,17 +1,20 @@
 """DDIM as Hallo2 runs it: linear betas rescaled to zero terminal SNR, trailing spacing,
 v-prediction, eta 0, classifier-free guidance (docs/model.md §1.7).
 
-Small pure functions (docs/style.md §4): ``ddim_schedule`` precomputes the timesteps and, per step,
-the two coefficients of ``x_prev = a_t * x + b_t * v``; ``sample`` runs the loop and never knows
-which backend computes ``denoise``. Nothing here syncs with the host inside the loop.
+Small pure functions (docs/style.md §4): ``ddim_schedule`` precomputes the timesteps and, per
+step, the two coefficients of ``x_prev = a_t * x + b_t * v`` (the ``denoiser_step`` engine applies
+them, with the CFG combine, inside the graph; ``runtime/steploop.py`` runs the loop);
+``cfg_combine`` is the guidance formula for loops outside an engine (the official-style
+baseline).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from ..engines.errors import OptionError
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def ddim_schedule(
     the final step targets alpha_cumprod = 1.
     """
     if not 1 <= steps <= train_steps:
-        raise ValueError(f"steps = {steps}: must be between 1 and {train_steps}")
+        raise OptionError(f"steps = {steps}: must be between 1 and {train_steps}")
     betas = torch.linspace(beta_start, beta_end, train_steps, dtype=torch.float32)
     abar = _zero_snr_alphas_cumprod(betas) if zero_snr else torch.cumprod(1.0 - betas, 0)
     # trailing spacing: round(arange(T, 0, -T/S)) - 1
@@ -75,42 +78,3 @@ def cfg_combine(v: torch.Tensor, scale: float) -> torch.Tensor:
     """v (2, ...) = [uncond, cond] -> v_u + scale * (v_c - v_u), shape (1, ...)."""
     v_u, v_c = v[:1], v[1:]
     return v_u + scale * (v_c - v_u)
-
-
-def run_steps(
-    step: Callable[[torch.Tensor, int], torch.Tensor],
-    x: torch.Tensor,
-    steps: int,
-    callback: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """The sampler loop over a ``step(x, i) -> x_prev`` that already contains the denoiser, CFG
-    and the DDIM update (the ``denoiser_step`` engine). ``callback(i)`` after each step; it must
-    not synchronise the device."""
-    for i in range(steps):
-        x = step(x, i)
-        if callback is not None:
-            callback(i)
-    return x
-
-
-def sample(
-    denoise: Callable[[torch.Tensor, int], torch.Tensor],
-    x: torch.Tensor,
-    schedule: DDIMSchedule,
-    cfg_scale: float = 3.5,
-    callback: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Run DDIM from pure noise ``x`` (1, C, F, h, w) to the clean latent.
-
-    ``denoise(x_in, i)`` gets both CFG halves ``x_in`` (2, C, F, h, w) and the step index i
-    (``schedule.timesteps[i]`` is the timestep) and returns the v-prediction (2, C, F, h, w).
-    ``callback(i)`` is called after each step (progress); it must not synchronise the device.
-    """
-    a = schedule.a.to(x.device)
-    b = schedule.b.to(x.device)
-
-    def step(x: torch.Tensor, i: int) -> torch.Tensor:
-        v = cfg_combine(denoise(torch.cat([x, x]), i), cfg_scale)
-        return (a[i] * x + b[i] * v).to(x.dtype)
-
-    return run_steps(step, x, len(schedule.timesteps), callback)

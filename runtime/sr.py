@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..engines.errors import OptionError
 from ..engines.manifest import EngineError
 from .media import MediaError
 
@@ -172,9 +173,9 @@ class SuperResolver:
         fidelity: float = 0.5,
     ):
         if scale not in SCALES:
-            raise ValueError(f"--upscale {scale}: must be one of {SCALES}")
+            raise OptionError(f"--upscale {scale}: must be one of {SCALES}")
         if not 0.0 <= fidelity <= 1.0:
-            raise ValueError(f"--fidelity {fidelity}: must lie in [0, 1]")
+            raise OptionError(f"--fidelity {fidelity}: must lie in [0, 1]")
         self.session, self.scale, self.fidelity = session, scale, fidelity
         self.height, self.width = height, width
         rest = session.spec("face_restorer")
@@ -214,7 +215,7 @@ class SuperResolver:
     def push(self, pixels: torch.Tensor) -> Iterator[torch.Tensor]:
         """Queue frames (N, 3, H, W) in [-1, 1]; yields every window that is now complete."""
         if tuple(pixels.shape[-2:]) != (self.height, self.width):
-            raise ValueError(
+            raise OptionError(
                 f"frames are {tuple(pixels.shape[-2:])}, the resolver was made for "
                 f"{(self.height, self.width)}"
             )

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engines.errors import SetupError
 from .media import MediaError
 
 MODEL = "audio_separator/Kim_Vocal_2.onnx"
@@ -124,7 +125,7 @@ def separate_vocals(
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise RuntimeError("--separate-vocals needs onnxruntime: pip install onnxruntime") from exc
+        raise SetupError("--separate-vocals needs onnxruntime: pip install onnxruntime") from exc
     root = Path(checkpoints)
     params = mdx_params(root / MODEL, root / MODEL_DATA)
     session = ort.InferenceSession(

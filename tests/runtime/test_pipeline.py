@@ -294,9 +294,7 @@ def test_interrupt_mid_run_leaves_no_output_or_what_was_finished(models, tmp_pat
             out,
             (180, 78, 262, 182),
             np.ones(64, np.float32),
-            RunConfig(steps=2),
-            size=64,
-            keep_partial=keep,
+            RunConfig(steps=2, size=64, keep_partial=keep),
         )
     assert len(spy.calls["denoiser_step"]) == 3
     if not keep:
