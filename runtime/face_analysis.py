@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engines.errors import SetupError
+from .geometry import umeyama_similarity, warp_affine_image
 from .media import MediaError
 
 DETECTOR = "scrfd_10g_bnkps.onnx"
@@ -121,36 +122,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float = NMS_THRESHOLD)
     return keep
 
 
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (Umeyama, as skimage's SimilarityTransform) src -> dst: (2, 3)."""
-    n = src.shape[0]
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / n
-    u, sig, vt = np.linalg.svd(cov)
-    e = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        e[1, 1] = -1
-    r = u @ e @ vt
-    scale = (sig * np.diag(e)).sum() / s.var(0).sum()
-    t = mu_d - scale * r @ mu_s
-    return np.concatenate([scale * r, t[:, None]], axis=1).astype(np.float32)
-
-
-def warp_affine(img: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
-    """cv2.warpAffine(img, m, (size, size)) with bilinear sampling and a zero border."""
-    h, w = img.shape[:2]
-    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
-    ys, xs = np.mgrid[:size, :size].astype(np.float32)
-    src = np.stack([xs, ys, np.ones_like(xs)], -1) @ inv.T  # (size, size, 2) source x, y
-    grid = torch.from_numpy(
-        np.stack([src[..., 0] / (w - 1) * 2 - 1, src[..., 1] / (h - 1) * 2 - 1], -1)
-    ).float()[None]
-    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out[0].permute(1, 2, 0).numpy()
-
-
 class FaceAnalyzer:
     """SCRFD + ArcFace sessions (CPU provider unless told otherwise)."""
 
@@ -197,7 +168,7 @@ class FaceAnalyzer:
 
     def embed(self, rgb: np.ndarray, face: Face) -> np.ndarray:
         """The raw 512-d ArcFace embedding of the face aligned to the 112x112 template."""
-        crop = warp_affine(rgb, similarity(face.keypoints, ARCFACE_TEMPLATE), 112)
+        crop = warp_affine_image(rgb, umeyama_similarity(face.keypoints, ARCFACE_TEMPLATE), 112)
         blob = ((crop - 127.5) / 127.5).transpose(2, 0, 1)[None].astype(np.float32)
         name = self.recogniser.get_inputs()[0].name
         return self.recogniser.run(None, {name: blob})[0].reshape(-1)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engines.errors import OptionError
+from .geometry import gaussian_blur_2d
 from .media import MediaError
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in source-image pixels
@@ -85,18 +86,6 @@ def default_lip_box(face: Box) -> Box:
     return (x0 + 0.3 * w, y0 + 0.72 * h, x0 + 0.7 * w, y0 + 0.88 * h)
 
 
-def _gaussian_blur(x: torch.Tensor, ksize: int) -> torch.Tensor:
-    """cv2.GaussianBlur(x, (k, k), 0) on (H, W): sigma from the kernel size, reflect-101."""
-    sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
-    r = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
-    k = torch.exp(-(r**2) / (2 * sigma**2))
-    k = (k / k.sum()).float()
-    pad = ksize // 2
-    y = F.pad(x[None, None], (pad, pad, pad, pad), mode="reflect")  # reflect == reflect-101
-    y = F.conv2d(y, k.reshape(1, 1, 1, -1))
-    return F.conv2d(y, k.reshape(1, 1, -1, 1))[0, 0]
-
-
 def _rect_mask(box: tuple[int, int, int, int], width: int, height: int) -> torch.Tensor:
     m = torch.zeros(height, width)
     x0, y0, x1, y1 = box
@@ -107,7 +96,7 @@ def _rect_mask(box: tuple[int, int, int, int], width: int, height: int) -> torch
 def _blurred(mask: torch.Tensor, ksize: int) -> torch.Tensor:
     """Hard mask (H, W) -> 64x64 -> blur -> min-max to 0..255 (uint8 values, as the PNGs)."""
     m = F.interpolate(mask[None, None], size=(64, 64), mode="bilinear", align_corners=False)
-    m = _gaussian_blur(m[0, 0] * 255.0, ksize)
+    m = gaussian_blur_2d(m[0, 0] * 255.0, ksize)
     lo, hi = m.min(), m.max()
     m = (m - lo) / (hi - lo).clamp(min=1e-6) * 255.0
     return m.round().clamp(0, 255)

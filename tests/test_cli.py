@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from hallo2rt.cli import COMMANDS, SUBCOMMANDS, main
+from hallo2rt.cli import COMMANDS, main
+from hallo2rt.options import SUBCOMMANDS
 
 
 def test_help_lists_every_subcommand():

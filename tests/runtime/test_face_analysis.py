@@ -13,9 +13,9 @@ from hallo2rt.runtime.face_analysis import (
     letterbox,
     lip_box_from_keypoints,
     nms,
-    similarity,
-    warp_affine,
 )
+from hallo2rt.runtime.geometry import umeyama_similarity as similarity
+from hallo2rt.runtime.geometry import warp_affine_image as warp_affine
 from hallo2rt.runtime.media import MediaError
 
 from .fake_face_models import write_face_models

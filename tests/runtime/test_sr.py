@@ -17,17 +17,19 @@ import torch
 import torch.nn.functional as F
 
 from hallo2rt.engines.spec import EngineSpec, TensorSpec
+from hallo2rt.runtime.geometry import (
+    erode,
+    gaussian_blur,
+    invert_affine,
+    similarity_transform,
+    warp_affine,
+)
 from hallo2rt.runtime.sr import (
     TEMPLATE_512,
     NoFaceError,
     SuperResolver,
-    erode,
-    gaussian_blur,
-    invert_affine,
     paste_face,
-    similarity_transform,
     upscale_video,
-    warp_affine,
     windows,
 )
 
