@@ -20,8 +20,6 @@ from hallo2rt.options import build_parser
 
 ERROR_EXIT = 1
 
-log = logging.getLogger("hallo2rt")
-
 
 def _run_config(args: argparse.Namespace, **more):
     """The run options every generating subcommand shares, plus ``more`` of RunConfig's."""
