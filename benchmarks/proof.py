@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..engines.errors import OptionError, SetupError
-from ..engines.spec import GENERATION, SUPER_RESOLUTION, random_feed
+from ..engines.spec import ENGINE_NAMES, FP32_ONLY, GENERATION, SUPER_RESOLUTION, random_feed
 from .bench import BenchConfig
 
 # the issue's targets for the full-size model on one H200 (512 px, 40 steps, CFG 3.5)
@@ -94,13 +94,22 @@ class Context:
         return GraphShapes() if self.size == "full" else GraphShapes(size=64, frames=16)
 
     def pretrained(self, fp16: bool):
+        """The random model; in fp16 the components that stay fp32 (FP32_ONLY) are fp32, as
+        a real fp16 run loads them."""
+        from hallo2rt.export.modules import COMPONENTS
         from hallo2rt.random_weights import random_pretrained
 
-        dtype = torch.float16 if fp16 else torch.float32
-        key = "pre16" if fp16 else "pre32"
-        return self.once(
-            key, lambda: random_pretrained(self.size, self.cfg.seed, self.device, dtype)
-        )
+        def make():
+            seed, dev = self.cfg.seed, self.device
+            if not fp16:
+                return random_pretrained(self.size, seed, dev, torch.float32)
+            half = [c for c in COMPONENTS if c not in FP32_ONLY]
+            pre = random_pretrained(self.size, seed, dev, torch.float16, half)
+            full = random_pretrained(self.size, seed, dev, torch.float32, FP32_ONLY)
+            pre.modules.update(full.modules)
+            return pre
+
+        return self.once("pre16" if fp16 else "pre32", make)
 
     def session(self, fp16: bool):
         """An open Session of torch engines (generation and super-resolution)."""
@@ -230,18 +239,24 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _engine_parity(ctx: Context) -> dict[str, Any]:
-    """Every generation engine, fp16 against fp32 on the GPU, on the same random inputs."""
+    """Every engine, fp16 against fp32 on the GPU, on the same random inputs (the FP32_ONLY
+    engines run fp32 in both: a determinism check)."""
     s32, s16 = ctx.session(fp16=False), ctx.session(fp16=True)
     out, checks = {}, []
     with torch.inference_mode():
-        for name in GENERATION:
+        for name in ENGINE_NAMES:
             spec = s32.spec(name)
             feed = random_feed(spec, spec.sizes("opt"), seed=ctx.cfg.seed, device=ctx.device)
             want = {k: v.clone() for k, v in s32.run(name, **feed).items()}
             got = s16.run(name, **feed)
             cos = {k: _cosine(got[k], want[k]) for k in want}
             worst = min(cos, key=cos.get)
-            out[name] = {"min_cosine": cos[worst], "worst_output": worst, "outputs": len(cos)}
+            out[name] = {
+                "min_cosine": cos[worst],
+                "worst_output": worst,
+                "outputs": len(cos),
+                "fp16": name not in FP32_ONLY,
+            }
             checks.append(
                 _check(f"{name} fp16 vs fp32 min cosine", cos[worst], GATE_COSINE, "gate")
             )
@@ -502,7 +517,7 @@ SECTIONS = (  # in order of importance: what the budget cuts first comes last
     ),
     Section(
         "engine_parity",
-        "every generation engine fp16 vs fp32 (cosine per output)",
+        "every engine fp16 vs fp32 (cosine per output)",
         {"tiny": 10, "full": 30},
         _engine_parity,
         needs_gpu=True,
