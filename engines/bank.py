@@ -85,9 +85,7 @@ def denoiser_input_names(blocks: int, levels: int) -> tuple[str, ...]:
     masks per kind and level, motion_scale."""
     names = list(LOOP_INPUTS)
     names += [n for i in range(blocks) for n in image_kv_names(i)]
-    names += [
-        n for i in range(blocks) for b in range(AUDIO_BRANCHES) for n in audio_kv_names(i, b)
-    ]
+    names += [n for i in range(blocks) for b in range(AUDIO_BRANCHES) for n in audio_kv_names(i, b)]
     names.append("face_feature")
     names += [n for i in range(blocks) for n in reference_kv_names(i)]
     names += [motion_name(i) for i in range(blocks)]

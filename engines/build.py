@@ -11,14 +11,12 @@ renames the directory into place. A failure leaves no ``out_dir/<name>``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -27,17 +25,19 @@ from .errors import OptionError
 from .manifest import (
     MANIFEST,
     EngineError,
+    Manifest,
+    Parity,
+    ParityRun,
     cache_key,
     environment,
     onnx_sha256,
     read_manifest,
     sha256_files,
 )
-from .parity import compare_fp16, compare_fp32
-from .spec import DTYPES, ENGINE_NAMES, EngineSpec, random_feed, spec_from_json
+from .parity import FP16_MIN_COSINE, compare_fp16, compare_fp32
+from .spec import DTYPES, ENGINE_NAMES, EngineSpec, random_feed
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -112,15 +112,15 @@ def exported_engines(onnx_dir: Path, only: Iterable[str] | None = None) -> list[
     return present
 
 
-def _source(onnx_dir: Path, name: str) -> tuple[Path, dict[str, Any]]:
+def _source(onnx_dir: Path, name: str) -> tuple[Path, Manifest]:
     """The export of ``name``: its ONNX path and manifest, the bytes checked against its hash."""
     export = read_manifest(onnx_dir / name)
-    if export.get("backend"):
+    if export.backend:
         raise EngineError(f"{onnx_dir / name} is a built engine, not an ONNX export")
     path = onnx_dir / name / "model.onnx"
     if not path.is_file():
         raise EngineError(f"{path} is missing; re-export: hallo2rt export --only {name}")
-    if onnx_sha256(path) != export.get("onnx_sha256"):
+    if onnx_sha256(path) != export.onnx_sha256:
         raise EngineError(
             f"{path} does not match the hash its export recorded (corrupt or edited after "
             f"export); re-export: hallo2rt export --only {name}"
@@ -130,10 +130,13 @@ def _source(onnx_dir: Path, name: str) -> tuple[Path, dict[str, Any]]:
 
 def check_engine(
     engine: Engine, onnx: Path, onnx_spec: EngineSpec, fp16: bool, seed: int = 0
-) -> dict[str, Any]:
+) -> Parity:
     """Run ``engine`` and the ONNX reference on the same random feed at the opt sizes (and the
     min sizes when the spec is dynamic); parity numbers per size, ParityError beyond the gate."""
-    results = {}
+    parity = Parity(
+        "the ONNX graph in onnxruntime CPUExecutionProvider, no graph optimisation",
+        f"cosine >= {FP16_MIN_COSINE}" if fp16 else "max|diff| <= tol * max|ref|",
+    )
     which = ("opt", "min") if engine.spec.profiles else ("opt",)
     for size in which:
         sizes = engine.spec.sizes(size)
@@ -151,12 +154,9 @@ def check_engine(
         want = [torch.from_numpy(o) for o in outputs]
         what = f"{engine.backend} engine vs its ONNX (ORT CPU) at {size} sizes {sizes}"
         compare = compare_fp16 if fp16 else compare_fp32
-        results[size] = {
-            "sizes": sizes,
-            "reference_attention": attention,
-            "outputs": compare(engine.spec, got_list, want, what),
-        }
-    return results
+        outs = compare(engine.spec, got_list, want, what)
+        parity.runs[size] = ParityRun(sizes, attention, outs)
+    return parity
 
 
 def build_engines(
@@ -167,8 +167,8 @@ def build_engines(
     timing_cache: str | Path | None = None,
     checkpoints: str | Path | None = None,
     check: bool = True,
-    progress: Callable[[str, str, dict | None], None] | None = None,
-) -> dict[str, dict[str, Any]]:
+    progress: Callable[[str, str, Manifest | None], None] | None = None,
+) -> dict[str, Manifest]:
     """Build every exported engine (or ``only`` those) of ``onnx_dir`` into ``out_dir``.
 
     timing_cache: TensorRT timing cache file (read if present, written after each build).
@@ -199,56 +199,54 @@ def build_engines(
 
 def _build_one(
     backend, onnx, export, out_dir, config, env, rebuild, timing_cache, checkpoints, check
-) -> dict[str, Any]:
-    name = export["engine"]
+) -> Manifest:
+    name = export.engine
     tmp = out_dir / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         start = time.perf_counter()
-        onnx_spec = spec_from_json(export["spec"])
         built = backend.build(onnx, export, tmp, config, env, timing_cache, checkpoints)
-        spec: EngineSpec = built.pop("spec", onnx_spec)
+        spec: EngineSpec = built.pop("spec", export.spec)
         build = dataclasses.asdict(config)
-        manifest = {
-            "engine": name,
-            "backend": config.backend,
-            "build": build,
-            "cache_key": cache_key(spec.digest(), export["onnx_sha256"], build, env),
-            "spec": spec.to_json(),
-            "spec_digest": spec.digest(),
-            "precision": built.pop("precision"),
-            "onnx": {
+        manifest = Manifest(
+            engine=name,
+            spec=spec,
+            precision=built.pop("precision"),
+            backend=config.backend,
+            build=build,
+            cache_key=cache_key(spec.digest(), export.onnx_sha256, build, env),
+            onnx={
                 "path": str(onnx.resolve()),
-                "sha256": export["onnx_sha256"],
-                "precision": export["precision"],
+                "sha256": export.onnx_sha256,
+                "precision": export.precision,
             },
-            "export_parity": export.get("parity"),
-            **{k: export.get(k) for k in ("shapes", "model_config", "checkpoints", "sources")},
-            "source_sha256": export.get("source_sha256", {}),
-            "environment": env,
-            "rebuild": rebuild,
-            **built,
-        }
+            export_parity=export.parity,
+            shapes=export.shapes,
+            model_config=export.model_config,
+            checkpoints=built.pop("checkpoints", export.checkpoints),
+            sources=export.sources,
+            source_sha256=export.source_sha256,
+            environment=env,
+            rebuild=rebuild,
+            artifact=built.pop("artifact"),
+            artifact_data=built.pop("artifact_data", []),
+            extra=built,  # the backend's own facts
+        )
         files = artifact_files(tmp, manifest)
         if files:
-            manifest["artifact_bytes"] = sum(f.stat().st_size for f in files)
-            manifest["artifact_sha256"] = sha256_files(files)
-        manifest["build_seconds"] = round(time.perf_counter() - start, 2)
-        _write(tmp, manifest)
+            manifest.artifact_bytes = sum(f.stat().st_size for f in files)
+            manifest.artifact_sha256 = sha256_files(files)
+        manifest.build_seconds = round(time.perf_counter() - start, 2)
+        manifest.write(tmp)
         if check:
             with backend.ENGINE(tmp, manifest, torch.device(config.device)) as engine:
-                fp16 = manifest["precision"] == "fp16" or export["precision"] == "fp16"
-                manifest["parity"] = {
-                    "reference": "the ONNX graph in onnxruntime CPUExecutionProvider, "
-                    "no graph optimisation",
-                    "gate": "cosine >= 0.999" if fp16 else "max|diff| <= tol * max|ref|",
-                    "results": check_engine(engine, onnx, onnx_spec, fp16),
-                }
+                fp16 = "fp16" in (manifest.precision, export.precision)
+                manifest.parity = check_engine(engine, onnx, export.spec, fp16)
         else:
-            manifest["parity"] = {"skipped": "built with --no-check: NOT verified"}
-        manifest["total_seconds"] = round(time.perf_counter() - start, 2)
-        _write(tmp, manifest)
+            manifest.parity = Parity("", "", skipped="built with --no-check: NOT verified")
+        manifest.total_seconds = round(time.perf_counter() - start, 2)
+        manifest.write(tmp)
         final = out_dir / name
         shutil.rmtree(final, ignore_errors=True)
         tmp.replace(final)
@@ -256,14 +254,10 @@ def _build_one(
             "built %s (%s, %s) in %.1f s",
             name,
             config.backend,
-            manifest["precision"],
-            manifest["total_seconds"],
+            manifest.precision,
+            manifest.total_seconds,
         )
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _write(directory: Path, manifest: dict[str, Any]) -> None:
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")

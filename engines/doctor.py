@@ -184,13 +184,12 @@ def _engine_state(path: Path, verify: bool) -> tuple[str, bool]:
         m = read_manifest(path)
     except EngineError as exc:
         return f"unusable: {exc}", False
-    backend = m.get("backend")
+    backend = m.backend
     if backend is None:
-        return f"ONNX export, {m.get('precision')} (not built; `hallo2rt build`)", True
-    build = m.get("build", {})
-    env_built = m.get("environment", {})
+        return f"ONNX export, {m.precision} (not built; `hallo2rt build`)", True
+    env_built = m.environment
     what = (
-        f"{backend} {m.get('precision')} on {build.get('device')}, built with "
+        f"{backend} {m.precision} on {m.device}, built with "
         + ", ".join(
             f"{k} {env_built.get(k)}"
             for k in ("torch", "onnxruntime", "tensorrt")
@@ -209,11 +208,12 @@ def _engine_state(path: Path, verify: bool) -> tuple[str, bool]:
             artifact_path(path, m)
     except EngineError as exc:
         return f"{what}; CORRUPT: {exc}", False
-    stale = stale_fields(m, environment(build.get("device", "cpu"), backend))
+    stale = stale_fields(m, environment(m.device, backend))
     if stale:
-        return f"{what}; STALE here ({'; '.join(stale)}); rebuild: {m.get('rebuild')}", False
-    parity = m.get("parity", {})
-    checked = "not checked" if "skipped" in parity else "checked against its ONNX"
+        return f"{what}; STALE here ({'; '.join(stale)}); rebuild: {m.rebuild}", False
+    checked = (
+        "not checked" if m.parity is None or m.parity.skipped else "checked against its ONNX"
+    )
     return f"{what}; ok ({checked})", True
 
 

@@ -23,13 +23,14 @@ import torch
 from .errors import FeedError, OptionError
 from .manifest import (
     EngineError,
+    Manifest,
     StaleEngineError,
     check_fresh,
     environment,
     read_manifest,
     sha256_files,
 )
-from .spec import EngineSpec, spec_from_json
+from .spec import EngineSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,24 @@ class Engine:
 
     backend = ""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], device: torch.device):
+    def __init__(self, directory: Path, manifest: Manifest, device: torch.device):
         self.directory, self.manifest, self.device = Path(directory), manifest, device
-        self.spec: EngineSpec = spec_from_json(manifest["spec"])
+        self.spec: EngineSpec = manifest.spec
         self._opened = False
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def artifact(self) -> Path:
+        """The built file this engine loads (TensorRT plan, ORT model)."""
+        if not self.manifest.artifact:
+            raise EngineError(
+                f"{self.directory}: the manifest names no artifact; rebuild: "
+                f"{self.manifest.rebuild}"
+            )
+        return self.directory / self.manifest.artifact
 
     def open(self) -> Engine:
         if not self._opened:
@@ -103,15 +114,15 @@ class Engine:
         raise NotImplementedError
 
 
-def artifact_files(directory: Path, manifest: dict[str, Any]) -> list[Path]:
+def artifact_files(directory: Path, manifest: Manifest) -> list[Path]:
     """The artifact and its data files, as the manifest names them (empty for torch)."""
-    if not manifest.get("artifact"):
+    if not manifest.artifact:
         return []
-    names = [manifest["artifact"], *manifest.get("artifact_data", [])]
+    names = [manifest.artifact, *manifest.artifact_data]
     return [Path(directory) / n for n in names]
 
 
-def artifact_path(directory: Path, manifest: dict[str, Any]) -> Path | None:
+def artifact_path(directory: Path, manifest: Manifest) -> Path | None:
     """The built artifact (None for the torch backend, whose weights are the checkpoints);
     ``EngineError`` when it is missing or its size or hash says it is not what was built."""
     files = artifact_files(directory, manifest)
@@ -119,27 +130,25 @@ def artifact_path(directory: Path, manifest: dict[str, Any]) -> Path | None:
         return None
     path = files[0]
     if not path.is_file():
-        raise EngineError(
-            f"{path} is missing; rebuild: {manifest.get('rebuild', 'hallo2rt build ...')}"
-        )
+        raise EngineError(f"{path} is missing; rebuild: {manifest.rebuild or 'hallo2rt build ...'}")
     size = sum(f.stat().st_size for f in files if f.is_file())
-    if size != manifest.get("artifact_bytes", size):
+    if manifest.artifact_bytes is not None and size != manifest.artifact_bytes:
         raise EngineError(
             f"{path} is corrupt or truncated ({size} bytes, the build wrote "
-            f"{manifest['artifact_bytes']}); rebuild: {manifest.get('rebuild')}"
+            f"{manifest.artifact_bytes}); rebuild: {manifest.rebuild}"
         )
     return path
 
 
-def verify_artifact(directory: Path, manifest: dict[str, Any]) -> None:
+def verify_artifact(directory: Path, manifest: Manifest) -> None:
     """Full hash check of the artifact against the manifest (slow for GB-sized engines)."""
     path = artifact_path(directory, manifest)
     if path is None:
         return
-    if sha256_files(artifact_files(directory, manifest)) != manifest.get("artifact_sha256"):
+    if sha256_files(artifact_files(directory, manifest)) != manifest.artifact_sha256:
         raise EngineError(
             f"{path} does not match the hash its build recorded: it is corrupt or was "
-            f"replaced; rebuild: {manifest.get('rebuild')}"
+            f"replaced; rebuild: {manifest.rebuild}"
         )
 
 
@@ -157,25 +166,25 @@ def open_engine(
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
-    backend = manifest.get("backend")
+    backend = manifest.backend
     if backend is None:
         raise EngineError(
             f"{directory} is an ONNX export, not a built engine; build it: hallo2rt build "
             f"--onnx {directory.parent} --out ENGINES --backend onnxruntime|tensorrt|torch"
         )
-    built_on = torch.device(manifest["build"]["device"])
+    built_on = torch.device(manifest.device)
     device = torch.device(device or built_on)
     if backend != "torch" and device.type != built_on.type:
         raise StaleEngineError(
-            f"engine {manifest['engine']} was built for {built_on.type}, not {device.type} "
+            f"engine {manifest.engine} was built for {built_on.type}, not {device.type} "
             f"({backend} engines are device-specific); rebuild it with --device {device.type}: "
-            f"{manifest.get('rebuild')}"
+            f"{manifest.rebuild}"
         )
     check_fresh(manifest, environment(str(device), backend))
-    if expect is not None and manifest.get("spec_digest") != expect.digest():
+    if expect is not None and manifest.spec_digest != expect.digest():
         raise EngineError(
             f"engine {expect.name} in {directory} was built from another spec than this "
-            f"version of hallo2rt expects; re-export and rebuild: {manifest.get('rebuild')}"
+            f"version of hallo2rt expects; re-export and rebuild: {manifest.rebuild}"
         )
     artifact_path(directory, manifest)
     return backend_module(backend).ENGINE(directory, manifest, device, **options)

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from .engine import Engine
-from .manifest import EngineError
-from .spec import DTYPES, FP32_ONLY, random_feed, spec_from_json
+from .manifest import EngineError, Manifest
+from .spec import DTYPES, FP32_ONLY, random_feed
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +166,10 @@ def _session_options(ort, log_level: int = 3):
     return opts
 
 
-def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkpoints) -> dict:
+def build(onnx: Path, export: Manifest, out: Path, config, env, timing_cache, checkpoints) -> dict:
     """Save the provider-optimised graph into ``out``; returns the manifest's build fields."""
     ort = _ort()
-    if config.fp16 and export["precision"] != "fp16" and export["engine"] not in FP32_ONLY:
+    if config.fp16 and export.precision != "fp16" and export.engine not in FP32_ONLY:
         raise EngineError(
             f"{onnx} is an fp32 export; ONNX Runtime runs the precision of the export: "
             "re-export with `hallo2rt export --precision fp16`, or build without --fp16"
@@ -187,10 +187,10 @@ def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkp
             str(EXTERNAL_MIN_BYTES),
         )
     device = torch.device(config.device)
-    spec = spec_from_json(export["spec"])
+    spec = export.spec
     try:
         model, count = _fused(opts, onnx)
-        providers = _provider(device, fp32=export["precision"] == "fp32")
+        providers = _provider(device, fp32=export.precision == "fp32")
         sess = _inference_session(ort, model, opts, providers, str(onnx))
         del sess
     except EngineError:
@@ -198,7 +198,7 @@ def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkp
     except Exception as exc:  # ORT raises its own exception types
         raise EngineError(f"onnxruntime could not load {onnx}: {exc}") from exc
     return {
-        "precision": export["precision"],
+        "precision": export.precision,
         "artifact": ARTIFACT,
         "artifact_data": [EXTERNAL_DATA] if large else [],
         "provider": _provider(device)[0] if device.type == "cpu" else "CUDAExecutionProvider",
@@ -224,11 +224,11 @@ class OrtEngine(Engine):
     # mode, where another thread's cudaMalloc breaks the capture)
     CUDA_GRAPH_WARMUP_RUNS = 3
 
-    def __init__(self, directory: Path, manifest: dict, device: torch.device, **options: Any):
+    def __init__(self, directory: Path, manifest: Manifest, device: torch.device, **options: Any):
         super().__init__(directory, manifest, device)
         # the CUDA graph needs fixed shapes and addresses: static engines only
         self.cuda_graph = (
-            bool(manifest["build"].get("cuda_graph"))
+            bool(manifest.build.get("cuda_graph"))
             and device.type == "cuda"
             and not self.spec.profiles
         )
@@ -241,13 +241,13 @@ class OrtEngine(Engine):
         # The artifact is already optimised at the extended level; the remaining (layout)
         # optimisations are specific to this machine and cheap, so they run at load.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = self.directory / self.manifest["artifact"]
+        path = self.artifact
         if self.device.type == "cuda":
             self._stream = torch.cuda.current_stream(self.device).cuda_stream
         providers = _provider(
             self.device,
             self.cuda_graph,
-            fp32=self.manifest.get("precision") == "fp32",
+            fp32=self.manifest.precision == "fp32",
             stream=self._stream,
             dynamic=bool(self.spec.profiles),
         )
@@ -258,7 +258,7 @@ class OrtEngine(Engine):
         except Exception as exc:
             raise EngineError(
                 f"{path} could not be loaded by onnxruntime ({str(exc)[:300]}): the file is "
-                f"corrupt or from another onnxruntime; rebuild: {self.manifest.get('rebuild')}"
+                f"corrupt or from another onnxruntime; rebuild: {self.manifest.rebuild}"
             ) from exc
         self._run_options = ort.RunOptions()
         if self._stream:  # ordered on the caller's stream: no device-wide syncs needed

@@ -36,7 +36,7 @@ import torch
 
 from .engine import Engine
 from .errors import OptionError
-from .manifest import EngineError
+from .manifest import EngineError, Manifest
 from .spec import DTYPES, FP32_ONLY, EngineSpec
 
 log = logging.getLogger(__name__)
@@ -192,14 +192,13 @@ def polygraphy_loaders(trt, onnx: Path, plan: BuildPlan, timing_cache: Path | No
     return network, config
 
 
-def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkpoints) -> dict:
+def build(onnx: Path, export: Manifest, out: Path, config, env, timing_cache, checkpoints) -> dict:
     """Build the plan into ``out`` with Polygraphy; returns the manifest's build fields."""
-    from .spec import spec_from_json
 
     trt = _trt()
-    spec = spec_from_json(export["spec"])
+    spec = export.spec
     plan = build_plan(
-        spec, config, export["precision"], env.get("compute_capability"), has_weak_typing(trt)
+        spec, config, export.precision, env.get("compute_capability"), has_weak_typing(trt)
     )
     cache_path = Path(timing_cache) if timing_cache else None
     network, bconfig = polygraphy_loaders(trt, onnx, plan, cache_path)
@@ -253,19 +252,19 @@ class TensorRTEngine(Engine):
 
     backend = "tensorrt"
 
-    def __init__(self, directory: Path, manifest: dict, device: torch.device, **options: Any):
+    def __init__(self, directory: Path, manifest: Manifest, device: torch.device, **options: Any):
         super().__init__(directory, manifest, device)
         self.pool: MemoryPool | None = options.get("memory_pool")
 
     def _open(self) -> None:
         trt = _trt()
-        path = self.directory / self.manifest["artifact"]
+        path = self.artifact
         self._runtime = trt.Runtime(_logger(trt))
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
             raise EngineError(
                 f"{path} could not be deserialised: corrupt, or built by another TensorRT; "
-                f"rebuild: {self.manifest.get('rebuild')}"
+                f"rebuild: {self.manifest.rebuild}"
             )
         self._check_io(trt)
         if self.pool is not None:
@@ -302,7 +301,7 @@ class TensorRTEngine(Engine):
             raise EngineError(
                 f"{self.directory}: the plan does not match the {self.name} spec ("
                 + "; ".join(problems)
-                + f"); rebuild: {self.manifest.get('rebuild')}"
+                + f"); rebuild: {self.manifest.rebuild}"
             )
 
     def _set_address(self, name: str, tensor: torch.Tensor) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .engine import Engine
-from .manifest import EngineError, sha256_files
+from .manifest import EngineError, Manifest, sha256_files
 from .spec import FP32_ONLY
 
 log = logging.getLogger(__name__)
@@ -39,36 +39,35 @@ def _digest(path: Path) -> str | None:
     return _DIGESTS[key]
 
 
-def _checkpoints(manifest: dict, override: str | Path | None) -> Path:
+def _checkpoints(manifest: Manifest, override: str | Path | None) -> Path:
     """The checkpoint tree, verified against the hashes the export recorded."""
-    root = Path(override or manifest.get("checkpoints") or "")
+    root = Path(override or manifest.checkpoints or "")
     if not root.is_dir():
         raise EngineError(
             f"the torch backend needs the checkpoint tree the ONNX was exported from "
-            f"({manifest.get('checkpoints')!r} is not a directory): pass --checkpoints DIR"
+            f"({manifest.checkpoints!r} is not a directory): pass --checkpoints DIR"
         )
-    recorded = manifest.get("source_sha256", {})
+    recorded = manifest.source_sha256
     for relative, digest in recorded.items():
         path = root / relative
         if _digest(path) != digest:
             raise EngineError(
-                f"{path} is not the file {manifest['engine']} was exported from (hash differs "
+                f"{path} is not the file {manifest.engine} was exported from (hash differs "
                 "or missing): pass the original tree with --checkpoints, or re-export"
             )
     return root
 
 
-def build(onnx: Path, export: dict, out: Path, config, env, timing_cache, checkpoints) -> dict:
+def build(onnx: Path, export: Manifest, out: Path, config, env, timing_cache, checkpoints) -> dict:
     """Nothing to compile ahead of time: verify the weights and record where they are."""
-    from .spec import spec_from_json
 
     root = _checkpoints(export, checkpoints)
-    precision = "fp16" if config.fp16 and export["engine"] not in FP32_ONLY else "fp32"
+    precision = "fp16" if config.fp16 and export.engine not in FP32_ONLY else "fp32"
     return {
         "precision": precision,
         "artifact": None,
         "checkpoints": str(root.resolve()),
-        "spec": spec_from_json(export["spec"]).with_precision(precision),
+        "spec": export.spec.with_precision(precision),
     }
 
 
@@ -110,7 +109,7 @@ class TorchEngine(Engine):
 
     backend = "torch"
 
-    def __init__(self, directory: Path, manifest: dict, device: torch.device, **options: Any):
+    def __init__(self, directory: Path, manifest: Manifest, device: torch.device, **options: Any):
         super().__init__(directory, manifest, device)
         self.checkpoints = options.get("checkpoints")
         self._given = options.get("module")  # an already-loaded wrapper (from_graph)
@@ -120,19 +119,18 @@ class TorchEngine(Engine):
     def from_graph(cls, graph, device: torch.device, precision: str = "fp32") -> TorchEngine:
         """An engine over an in-memory export wrapper (``hallo2rt generate --checkpoints``)."""
         spec = graph.spec.with_precision(precision)
-        manifest = {
-            "engine": spec.name,
-            "backend": "torch",
-            "spec": spec.to_json(),
-            "spec_digest": spec.digest(),
-            "precision": precision,
-            "build": {"backend": "torch", "device": str(device), "compile": False},
-        }
+        manifest = Manifest(
+            engine=spec.name,
+            spec=spec,
+            precision=precision,
+            backend="torch",
+            build={"backend": "torch", "device": str(device), "compile": False},
+        )
         return cls(Path("."), manifest, torch.device(device), module=graph.module)
 
     def _open(self) -> None:
         if self._given is not None:
-            dtype = torch.float16 if self.manifest["precision"] == "fp16" else torch.float32
+            dtype = torch.float16 if self.manifest.precision == "fp16" else torch.float32
             self._module = self._given.to(self.device, dtype).eval()
             return
         from hallo2rt.export.checkpoints import load_pretrained
@@ -140,14 +138,14 @@ class TorchEngine(Engine):
 
         root = _checkpoints(self.manifest, self.checkpoints)
         pre = load_pretrained(root, ENGINE_COMPONENTS[self.name])
-        graph = build_graph(self.name, pre, GraphShapes(**self.manifest["shapes"]))
-        dtype = torch.float16 if self.manifest["precision"] == "fp16" else torch.float32
+        graph = build_graph(self.name, pre, GraphShapes(**self.manifest.shapes))
+        dtype = torch.float16 if self.manifest.precision == "fp16" else torch.float32
         module = graph.module.to(self.device, dtype).eval()
-        compiled = self.manifest["build"].get("compile")
+        compiled = self.manifest.build.get("compile")
         self._module = torch.compile(module) if compiled else module
 
     def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        fp32_cuda = self.device.type == "cuda" and self.manifest["precision"] == "fp32"
+        fp32_cuda = self.device.type == "cuda" and self.manifest.precision == "fp32"
         with torch.inference_mode(), ieee_fp32() if fp32_cuda else contextlib.nullcontext():
             outs = self._module(*(feed[t.name] for t in self.spec.inputs))
         return {t.name: o for t, o in zip(self.spec.outputs, outs, strict=True)}
@@ -157,4 +155,3 @@ class TorchEngine(Engine):
 
 
 ENGINE = TorchEngine
-

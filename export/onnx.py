@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..engines.errors import OptionError, SetupError
-from ..engines.manifest import onnx_sha256, sha256_files
+from ..engines.manifest import Manifest, Parity, ParityRun, onnx_sha256, sha256_files
 from ..engines.ort_backend import check_on_cpu
 from ..engines.parity import (  # noqa: F401  (ParityError: part of this module's API)
     FP16_MIN_COSINE,
@@ -251,7 +251,7 @@ def _versions() -> dict[str, str]:
 
 def export_engine(
     graph: Graph, out_dir: Path, manifest_extra: dict, seed: int = 0, precision: str = "fp32"
-) -> dict:
+) -> Manifest:
     """Export one graph into ``out_dir/<name>/`` (written under a temporary name first)."""
     name = graph.spec.name
     precision = "fp32" if name in FP32_ONLY else precision
@@ -275,33 +275,35 @@ def export_engine(
         if precision == "fp16":
             (numbers, attention), gate = (
                 parity_fp16(graph, spec, path, args),
-                {"min_cosine": FP16_MIN_COSINE},
+                f"cosine >= {FP16_MIN_COSINE}",
             )
         else:
-            (numbers, attention), gate = parity(graph, path, args), {"rel_tol": FP32_REL_TOL}
-        manifest = {
-            "engine": name,
-            "spec": spec.to_json(),
-            "spec_digest": spec.digest(),
-            "precision": precision,
-            "onnx_sha256": onnx_sha256(path),
-            "onnx_bytes": size,
-            "parity": {
-                "reference": "PyTorch wrapper, fp32, CPU",
-                "runtime": "onnxruntime CPUExecutionProvider",
-                "attention": attention,
-                **gate,
-                "outputs": numbers,
-            },
-            "export_seconds": round(time.perf_counter() - start, 2),
-            "versions": _versions(),
+            (numbers, attention), gate = (
+                parity(graph, path, args),
+                f"max|diff| <= {FP32_REL_TOL} * max|ref|",
+            )
+        run = ParityRun(spec.sizes("opt"), attention, numbers)
+        manifest = Manifest(
+            engine=name,
+            spec=spec,
+            precision=precision,
+            parity=Parity(
+                "the PyTorch wrapper in fp32 on the CPU; the ONNX in onnxruntime "
+                "CPUExecutionProvider",
+                gate,
+                {"opt": run},
+            ),
+            onnx_sha256=onnx_sha256(path),
+            onnx_bytes=size,
+            export_seconds=round(time.perf_counter() - start, 2),
+            versions=_versions(),
             **manifest_extra,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        )
+        manifest.write(tmp)
         final = out_dir / name
         shutil.rmtree(final, ignore_errors=True)
         tmp.replace(final)
-        log.info("exported %s (%s) in %.1f s", name, precision, manifest["export_seconds"])
+        log.info("exported %s (%s) in %.1f s", name, precision, manifest.export_seconds)
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -314,7 +316,7 @@ def export_engines(
     only: Iterable[str] | None = None,
     shapes: GraphShapes | None = None,
     precision: str = "fp32",
-) -> dict[str, dict]:
+) -> dict[str, Manifest]:
     """Export the requested engines (default: all) of the tree at ``checkpoints`` into ``out``.
 
     Checkpoints are loaded, and every missing file reported, before ``out`` is created.

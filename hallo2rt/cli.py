@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hallo2rt.console import build_progress, progress_printer
+from hallo2rt.console import build_progress, export_line, progress_printer
 from hallo2rt.demo import DEMO_SIZE
 from hallo2rt.engines.errors import Hallo2rtError, OptionError
 from hallo2rt.options import build_parser
@@ -185,16 +185,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     shapes = GraphShapes(size=args.size, frames=args.frames, sr_frames=args.sr_frames)
     manifests = export_engines(args.checkpoints, args.out, only, shapes, args.precision)
     for name, m in manifests.items():
-        outs = m["parity"]["outputs"].values()
-        if m["precision"] == "fp16":
-            check = f"min cosine {min(v['cosine'] for v in outs):.6f}"
-        else:
-            check = f"max rel {max(v['rel'] for v in outs):.2e}"
-        print(
-            f"{name:15s} {m['precision']} {m['onnx_bytes'] / 1e6:9.1f} MB  "
-            f"{m['export_seconds']:7.1f} s  parity {check}",
-            file=sys.stderr,
-        )
+        export_line(name, m)
     print(f"wrote {len(manifests)} engine(s) to {args.out}", file=sys.stderr)
     return 0
 

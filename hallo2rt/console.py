@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import sys
 
+from hallo2rt.engines.manifest import Manifest
+
 
 def progress_printer(quiet: bool):
     if quiet:
@@ -31,22 +33,23 @@ def progress_printer(quiet: bool):
     return show
 
 
-def build_progress(event: str, name: str, m: dict | None) -> None:
-    if event == "start":
+def build_progress(event: str, name: str, m: Manifest | None) -> None:
+    """``build_engines``' progress: a line when an engine starts and one when it is built."""
+    if event == "start" or m is None:
         print(f"building {name} ...", file=sys.stderr, flush=True)
         return
-    parity = m["parity"]
-    if "skipped" in parity:
-        check = "NOT checked (--no-check)"
-    else:
-        numbers = [v for r in parity["results"].values() for v in r["outputs"].values()]
-        check = (
-            f"min cosine {min(v['cosine'] for v in numbers):.6f}"
-            if "cosine" in numbers[0]
-            else f"max rel {max(v['rel'] for v in numbers):.2e}"
-        )
+    check = m.parity.summary() if m.parity else "NOT checked"
     print(
-        f"  {name:15s} {m['backend']} {m['precision']} {m['total_seconds']:7.1f} s  "
-        f"vs ONNX: {check}",
+        f"  {name:15s} {m.backend} {m.precision} {m.total_seconds:7.1f} s  vs ONNX: {check}",
+        file=sys.stderr,
+    )
+
+
+def export_line(name: str, m: Manifest) -> None:
+    """One exported engine: precision, size, time and its parity against PyTorch."""
+    check = m.parity.summary() if m.parity else "NOT checked"
+    print(
+        f"{name:15s} {m.precision} {(m.onnx_bytes or 0) / 1e6:9.1f} MB  "
+        f"{m.export_seconds or 0:7.1f} s  parity {check}",
         file=sys.stderr,
     )

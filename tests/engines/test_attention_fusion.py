@@ -119,9 +119,9 @@ def test_export_parity_runs_fused_when_scores_would_not_fit(tiny_root, tmp_path,
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
     shapes = GraphShapes(size=64, frames=2)
     m = export_engines(tiny_root, tmp_path, ["vae_decoder"], shapes)["vae_decoder"]
-    assert m["parity"]["attention"].startswith("fused into MultiHeadAttention")
+    assert m.parity.runs["opt"].attention.startswith("fused into MultiHeadAttention")
     assert (tmp_path / "vae_decoder/model.onnx.data").is_file()
-    for numbers in m["parity"]["outputs"].values():
+    for numbers in m.parity.runs["opt"].outputs.values():
         assert numbers["max_abs_diff"] <= numbers["rel_tol"] * numbers["max_abs_ref"]
 
 

@@ -18,6 +18,7 @@ from hallo2rt.engines.manifest import (
     StaleEngineError,
     cache_key,
     environment,
+    read_manifest,
 )
 from hallo2rt.engines.parity import ParityError, compare_fp32
 from hallo2rt.engines.spec import ENGINE_NAMES, random_feed, spec_from_json
@@ -56,17 +57,18 @@ def test_ort_build_checks_every_engine_and_describes_it(ort_engines, tiny_onnx, 
     m = json.loads((out / name / "manifest.json").read_text())
     export = tiny_onnx[1][name]
     assert m["backend"] == "onnxruntime" and m["engine"] == name
-    assert m["onnx"]["sha256"] == export["onnx_sha256"]
-    assert m["spec"] == export["spec"] and m["source_sha256"] == export["source_sha256"]
+    assert m["onnx"]["sha256"] == export.onnx_sha256 and m["manifest_version"] == 2
+    assert m["spec"] == export.spec.to_json() and m["source_sha256"] == export.source_sha256
     assert m["environment"]["onnxruntime"] == ort.__version__
     assert (out / name / m["artifact"]).stat().st_size == m["artifact_bytes"]
-    verify_artifact(out / name, m)
-    for size, result in m["parity"]["results"].items():
+    verify_artifact(out / name, read_manifest(out / name))
+    for size, result in m["parity"]["runs"].items():
         for output, n in result["outputs"].items():
             assert n["max_abs_ref"] > 0, f"{output} all zeros: the check would be vacuous"
             assert n["max_abs_diff"] <= n["rel_tol"] * n["max_abs_ref"], (size, output)
     spec = spec_from_json(m["spec"])
-    assert set(m["parity"]["results"]) == ({"opt", "min"} if spec.profiles else {"opt"})
+    assert set(m["parity"]["runs"]) == ({"opt", "min"} if spec.profiles else {"opt"})
+    assert read_manifest(out / name).to_json() == m  # the typed manifest round-trips
     assert not list(out.glob(".*.partial"))
     # the artifact runs ORT's fused attention wherever the export has (unmasked) attention
     fused = int(m["attention"].split()[0])
@@ -189,7 +191,7 @@ def test_corrupt_engines_are_reported_as_such(ort_engines, tmp_path):
         open_engine(d)
     artifact.write_bytes(bytes(len(data)))  # right size, garbage
     with pytest.raises(EngineError, match="does not match the hash"):
-        verify_artifact(d, json.loads((d / "manifest.json").read_text()))
+        verify_artifact(d, read_manifest(d))
     with pytest.raises(EngineError, match="could not be loaded by onnxruntime"), open_engine(d):
         pass
     lines, ok = engine_states(root, verify=True)
@@ -204,7 +206,8 @@ def test_corrupt_engines_are_reported_as_such(ort_engines, tmp_path):
 def _export_dir(root):
     d = root / "export_only"
     d.mkdir()
-    (d / "manifest.json").write_text(json.dumps({"engine": "x", "spec": {}}))
+    spec = {"name": "x", "inputs": [], "outputs": []}  # an export: no backend
+    (d / "manifest.json").write_text(json.dumps({"engine": "x", "spec": spec, "precision": "fp32"}))
     return d
 
 
@@ -258,9 +261,9 @@ def test_fp16_export_builds_an_fp16_ort_engine(tiny_root, tmp_path):
     export_engines(tiny_root, onnx_dir, ["image_proj", "vae_encoder"], shapes, "fp16")
     ms = build_engines(onnx_dir, tmp_path / "e16", BuildConfig("onnxruntime", fp16=True))
     for m in ms.values():
-        assert m["precision"] == "fp16" and m["spec"]["inputs"][0]["dtype"] == "float16"
-        for result in m["parity"]["results"].values():
-            assert all(n["cosine"] >= 0.999 for n in result["outputs"].values())
+        assert m.precision == "fp16" and m.spec.inputs[0].dtype == "float16"
+        for result in m.parity.runs.values():
+            assert all(n["cosine"] >= 0.999 for n in result.outputs.values())
 
 
 def test_ort_build_of_a_large_export_keeps_one_external_data_file(tiny_root, tmp_path, monkeypatch):
@@ -275,9 +278,9 @@ def test_ort_build_of_a_large_export_keeps_one_external_data_file(tiny_root, tmp
     export_engines(tiny_root, onnx_dir, ["vae_decoder"], GraphShapes(size=64, frames=2))
     assert (onnx_dir / "vae_decoder/model.onnx.data").is_file()
     m = build_engines(onnx_dir, tmp_path / "built", BuildConfig("onnxruntime"))["vae_decoder"]
-    assert m["artifact_data"] == ["model.ort.onnx.data"] and m["attention"].startswith("1 fused")
+    assert m.artifact_data == ["model.ort.onnx.data"] and m.extra["attention"].startswith("1 fused")
     assert (tmp_path / "built/vae_decoder/model.ort.onnx.data").stat().st_size > 0
-    for n in m["parity"]["results"]["opt"]["outputs"].values():
+    for n in m.parity.runs["opt"].outputs.values():
         assert n["max_abs_diff"] <= n["rel_tol"] * n["max_abs_ref"]
 
 
@@ -299,7 +302,7 @@ def test_torch_backend_finds_moved_checkpoints_and_refuses_other_weights(
     ms = build_engines(
         tiny_onnx[0], tmp_path / "t", BuildConfig("torch"), only=["face_locator"], checkpoints=moved
     )
-    assert ms["face_locator"]["checkpoints"] == str(moved.resolve())
+    assert ms["face_locator"].checkpoints == str(moved.resolve())
     net = moved / "hallo2" / "net.pth"
     net.write_bytes(net.read_bytes() + b"\0")
     with pytest.raises(EngineError, match="not the file face_locator was exported from"):
@@ -334,7 +337,7 @@ def test_environment_reports_this_machine():
 
 
 def _spec(tiny_onnx, name):
-    return spec_from_json(tiny_onnx[1][name]["spec"])
+    return tiny_onnx[1][name].spec
 
 
 def test_trt_plan_static_fp32_is_strongly_typed_without_tf32(tiny_onnx):
@@ -388,7 +391,7 @@ def test_tensorrt_builds_and_runs_every_engine(tiny_onnx, tmp_path):
         pytest.skip("no CUDA GPU: TensorRT NOT tested")
     ms = build_engines(tiny_onnx[0], tmp_path / "trt", BuildConfig("tensorrt", "cuda"))
     for name, m in ms.items():
-        assert m["artifact"].startswith("model.trt"), name
+        assert m.artifact.startswith("model.trt"), name
         with open_engine(tmp_path / "trt" / name) as engine:
             out = engine.infer(random_feed(engine.spec, engine.spec.sizes(), device="cuda"))
             assert all(torch.isfinite(v).all() for v in out.values())

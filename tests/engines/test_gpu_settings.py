@@ -12,8 +12,7 @@ import torch
 from hallo2rt.engines import ort_backend, tensorrt_backend
 from hallo2rt.engines.build import BuildConfig, build_engines
 from hallo2rt.engines.engine import open_engine
-from hallo2rt.engines.manifest import EngineError
-from hallo2rt.engines.spec import spec_from_json
+from hallo2rt.engines.manifest import EngineError, Manifest
 from hallo2rt.engines.tensorrt_backend import build_plan, has_weak_typing
 from hallo2rt.engines.torch_backend import TorchEngine, ieee_fp32
 
@@ -62,7 +61,7 @@ def test_weak_typing_is_detected_from_the_flag_set():
 
 
 def test_trt11_refuses_fp16_on_an_fp32_export_and_says_what_to_do(tiny_onnx):
-    spec = spec_from_json(tiny_onnx[1]["vae_decoder"]["spec"])
+    spec = tiny_onnx[1]["vae_decoder"].spec
     cfg = BuildConfig("tensorrt", "cuda", fp16=True)
     assert build_plan(spec, cfg, "fp32", "9.0", weak_typing=True).flags == ("FP16",)
     with pytest.raises(ValueError, match=r"--fp16 on an fp32 export .*--precision fp16"):
@@ -111,7 +110,7 @@ def test_trt_build_settings_through_polygraphy(built_with, tiny_onnx, tmp_path, 
     assert config.tf32 is False and not (config.fp16 or config.int8 or config.fp8)
     assert config.memory_pool_limits == {"WORKSPACE": 2 << 30}
     assert config.timing_cache_path == str(cache) and calls["cache"] == str(cache)
-    rows = spec_from_json(export["spec"]).profiles["rows"]
+    rows = export.spec.profiles["rows"]
     (profile,) = config.profiles
     assert profile["latents"].min[0] == rows[0] and profile["latents"].max[0] == rows[2]
     assert fields["artifact"] == f"model.trt{version}.plan" and fields["precision"] == "fp32"
@@ -146,7 +145,7 @@ class FakeContext:
 
 def _trt_engine(tiny_onnx, name, context):
     export = tiny_onnx[1][name]
-    manifest = {"spec": export["spec"], "engine": name, "rebuild": "hallo2rt build ..."}
+    manifest = Manifest(name, export.spec, "fp32", rebuild="hallo2rt build ...")
     engine = tensorrt_backend.TensorRTEngine(tiny_onnx[0], manifest, torch.device("cpu"))
     engine._context, engine._bound, engine._outputs = context, {}, {}
     engine._static, engine._warned_default_stream = not engine.spec.profiles, False
@@ -222,7 +221,7 @@ def ort_small(tiny_onnx, tmp_path_factory):
 def test_ort_cuda_graphs_only_for_static_engines(ort_small):
     for name, static in (("image_proj", True), ("vae_encoder", False)):
         engine = open_engine(ort_small / name)
-        engine.manifest["build"]["cuda_graph"] = True
+        engine.manifest.build["cuda_graph"] = True
         again = type(engine)(engine.directory, engine.manifest, torch.device("cuda"))
         assert again.cuda_graph is static, name
 

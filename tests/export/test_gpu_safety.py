@@ -25,7 +25,7 @@ def meta_tiny(tiny_root):
 
 @pytest.mark.parametrize("name", ENGINE_NAMES)
 def test_every_wrapper_runs_on_the_meta_device(meta_tiny, tiny_onnx, name):
-    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"]["shapes"])
+    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"].shapes)
     graph = build_graph(name, meta_tiny, fit_shapes(shapes, meta_tiny))
     args = graph.make_inputs(graph.spec.sizes("opt"), torch.Generator().manual_seed(0))
     module = graph.module.to("meta")
@@ -40,16 +40,14 @@ def _graph(tiny_onnx, name):
 
 
 def test_every_exported_graph_has_its_specs_names_dtypes_and_dims(tiny_onnx):
-    from hallo2rt.engines.spec import spec_from_json
 
     for name, manifest in tiny_onnx[1].items():
-        assert io_problems(spec_from_json(manifest["spec"]), _graph(tiny_onnx, name)) == [], name
+        assert io_problems(manifest.spec, _graph(tiny_onnx, name)) == [], name
 
 
 def test_io_check_names_a_dtype_or_dim_that_differs(tiny_onnx):
-    from hallo2rt.engines.spec import spec_from_json
 
-    spec = spec_from_json(tiny_onnx[1]["vae_encoder"]["spec"])  # pixels: (images, 3, S, S)
+    spec = tiny_onnx[1]["vae_encoder"].spec  # pixels: (images, 3, S, S)
     graph = _graph(tiny_onnx, "vae_encoder")
     pixels = spec.inputs[0]
     half = dataclasses.replace(spec, inputs=(dataclasses.replace(pixels, dtype="float16"),))

@@ -29,7 +29,7 @@ SHAPES = GraphShapes(
 @pytest.fixture(scope="module")
 def exported(tiny_onnx):
     out, manifests = tiny_onnx
-    assert all(m["shapes"] == dataclasses.asdict(SHAPES) for m in manifests.values())
+    assert all(m.shapes == dataclasses.asdict(SHAPES) for m in manifests.values())
     return tiny_onnx
 
 
@@ -37,11 +37,11 @@ def exported(tiny_onnx):
 def test_every_engine_exports_within_parity(exported, tiny, name):
     out, manifests = exported
     manifest = json.loads((out / name / "manifest.json").read_text())
-    assert manifest == json.loads(json.dumps(manifests[name]))
+    assert manifest == json.loads(json.dumps(manifests[name].to_json()))
     spec = build_graph(name, tiny, SHAPES).spec
     assert manifest["spec"] == spec.to_json() and manifest["spec_digest"] == spec.digest()
     check_io(spec, out / name / "model.onnx")
-    for output, numbers in manifest["parity"]["outputs"].items():
+    for output, numbers in manifest["parity"]["runs"]["opt"]["outputs"].items():
         assert numbers["max_abs_diff"] <= numbers["rel_tol"] * numbers["max_abs_ref"], output
         assert numbers["max_abs_ref"] > 0, f"{output} is all zeros: parity would be vacuous"
     assert manifest["sources"] and manifest["versions"]["onnxruntime"] == ort.__version__
@@ -214,7 +214,7 @@ def test_large_models_get_one_external_data_file(tiny_root, tmp_path, monkeypatc
     files = sorted(p.name for p in (tmp_path / "face_locator").iterdir())
     assert files == ["manifest.json", "model.onnx", "model.onnx.data"]
     assert (tmp_path / "face_locator/model.onnx").stat().st_size < 100_000  # weights are outside
-    assert manifest["parity"]["outputs"]["face_feature"]["rel"] < 1e-4  # ORT found the data
+    assert manifest.parity.runs["opt"].outputs["face_feature"]["rel"] < 1e-4  # ORT found the data
 
 
 def _input_dtypes(path, op_types):
@@ -232,9 +232,9 @@ def _input_dtypes(path, op_types):
 @pytest.mark.parametrize("name", ["audio_proj", "image_proj", "vae_decoder", "vae_encoder"])
 def test_fp16_export_keeps_norms_and_the_audio_gemm_in_fp32(tiny_root, tmp_path, name):
     manifest = export_engines(tiny_root, tmp_path, [name], SHAPES, precision="fp16")[name]
-    assert manifest["precision"] == "fp16"
-    assert all(t["dtype"] != "float32" for t in manifest["spec"]["inputs"])
-    for output, numbers in manifest["parity"]["outputs"].items():
+    assert manifest.precision == "fp16"
+    assert all(t.dtype != "float32" for t in manifest.spec.inputs)
+    for output, numbers in manifest.parity.runs["opt"].outputs.items():
         assert numbers["cosine"] >= 0.999, output
     ops = _input_dtypes(
         tmp_path / name / "model.onnx",
@@ -280,7 +280,7 @@ def test_fp16_denoiser_step(tiny_root, tmp_path):
     """~3 min (the dynamo export of the step graph); run with -m slow."""
     shapes = GraphShapes(size=64, frames=16)
     m = export_engines(tiny_root, tmp_path, ["denoiser_step"], shapes, "fp16")["denoiser_step"]
-    assert m["parity"]["outputs"]["next_latents"]["cosine"] >= 0.999
+    assert m.parity.runs["opt"].outputs["next_latents"]["cosine"] >= 0.999
 
 
 def test_fp16_export_swaps_weights_to_half_and_back_exactly():

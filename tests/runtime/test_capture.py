@@ -22,7 +22,7 @@ from hallo2rt.runtime.steploop import ALIGN, StepLoop, aligned_empty, step_loop
 
 @pytest.fixture(scope="module")
 def torch_session(tiny, tiny_onnx):
-    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"]["shapes"])
+    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"].shapes)
     return session_from_pretrained(tiny, shapes)
 
 

@@ -53,7 +53,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_engines_match_the_pytorch_path_frame_by_frame(ort_dir, tiny, tiny_onnx):
-    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"]["shapes"])
+    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"].shapes)
     reference = session_from_pretrained(tiny, shapes)
     engines = Session.open(ort_dir)
     assert (engines.size, engines.frames, engines.motion_frames) == (128, 4, 2)
@@ -192,7 +192,7 @@ def test_a_session_refuses_engines_that_do_not_fit_together(ort_dir):
 def test_cuda_graph_loop_equals_eager_steps(tiny, tiny_onnx):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU: the CUDA-graph step loop is NOT tested")
-    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"]["shapes"])
+    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"].shapes)
     session = session_from_pretrained(tiny, shapes, "cuda")
     portrait = _portrait(session.size)
     feats = torch.randn(8, 2, 32, generator=torch.Generator().manual_seed(3))
