@@ -3,7 +3,8 @@ options (``options.py``), builds the configs and calls one library function (doc
 
 Each subcommand imports only what it needs. hallo2rt's own errors (``engines.errors``: bad
 input, a stale or missing engine, a missing package) print one line and exit 1 (``-v``: with the
-traceback); anything else is a bug and keeps its traceback; Ctrl-C exits 130.
+traceback); anything else is reported as a likely bug (``-v``: its traceback); Ctrl-C exits
+130.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from hallo2rt.demo import DEMO_SIZE
 from hallo2rt.engines.errors import Hallo2rtError, OptionError
 from hallo2rt.options import build_parser
 
-ERROR_EXIT = 1
+ERROR_EXIT = 1  # a problem the message explains
+INTERNAL_EXIT = 2  # an unexpected error (a bug)
 
 
 def _run_config(args: argparse.Namespace, **more):
@@ -319,8 +321,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run one subcommand; hallo2rt's own errors print one line and exit 1, anything else
-    is a bug and keeps its traceback; Ctrl-C exits 130."""
+    """Parse, run one subcommand. hallo2rt's own errors print one line and exit 1; anything else
+    is a bug: one line saying so and exit 2 (``-v``: the traceback of either); Ctrl-C exits
+    130."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -333,6 +336,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"hallo2rt {args.command}: error: {exc}", file=sys.stderr)
         return ERROR_EXIT
+    except Exception as exc:  # not one of ours: a bug; -v shows where
+        if args.verbose:
+            raise
+        print(
+            f"hallo2rt {args.command}: unexpected error {type(exc).__name__}: {exc} (this is "
+            "likely a bug in hallo2rt: run again with -v for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return INTERNAL_EXIT
     except KeyboardInterrupt:
         kept = getattr(args, "keep_partial", False) and Path(args.out).is_file()
         what = f"the finished clips are in {args.out}" if kept else "no output was written"

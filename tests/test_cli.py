@@ -51,3 +51,29 @@ def test_demo_runs_anywhere_and_says_the_weights_are_random(tmp_path, capsys):
         assert sum(1 for _ in c.decode(video=0)) == 73  # ceil(2.9 s x 25) of bundled speech
     assert (tmp_path / "cache" / "demo-tiny-v3" / "hallo2" / "net.pth").is_file()
     assert main(argv) == 0  # the cached model is reused
+
+
+def test_only_hallo2rt_errors_are_plain_messages_and_bugs_say_so(monkeypatch, capsys):
+    """One line for a cause the user can fix (exit 1); a bug says it is one (exit 2); -v shows
+    the traceback of either."""
+    from hallo2rt import cli
+    from hallo2rt.engines.errors import OptionError
+
+    def fails(exc):
+        def command(args):
+            raise exc
+
+        return command
+
+    monkeypatch.setitem(cli.COMMANDS, "doctor", fails(OptionError("--x 3: must be 1 or 2")))
+    assert main(["doctor"]) == 1
+    assert capsys.readouterr().err.strip() == "hallo2rt doctor: error: --x 3: must be 1 or 2"
+    monkeypatch.setitem(cli.COMMANDS, "doctor", fails(KeyError("spec")))
+    assert main(["doctor"]) == 2
+    err = capsys.readouterr().err
+    assert "unexpected error KeyError" in err and "-v for the traceback" in err
+    with pytest.raises(KeyError):
+        main(["-v", "doctor"])
+    monkeypatch.setitem(cli.COMMANDS, "doctor", fails(OptionError("bad")))
+    with pytest.raises(OptionError):
+        main(["-v", "doctor"])
