@@ -93,14 +93,14 @@ class StepLoop:
     def _initial_mode(self, cuda_graph: bool) -> str:
         if not cuda_graph:
             return "eager (CUDA graphs off)"
+        if str(self.device) in _FAILED_DEVICES:
+            return "eager (a CUDA graph capture failed earlier in this process)"
         if self.device.type != "cuda":
             return "eager (CUDA graphs need a GPU)"
         if self.engine.backend not in CAPTURABLE:
             return f"eager ({self.engine.backend} launches are not captured here)"
         if self.engine.spec.profiles:
             return "eager (the denoiser has dynamic shapes)"
-        if str(self.device) in _FAILED_DEVICES:
-            return "eager (a CUDA graph capture failed earlier in this process)"
         return "cuda-graph"
 
     def feeds(self, i: int) -> dict[str, torch.Tensor]:

@@ -55,3 +55,12 @@ def test_io_check_names_a_dtype_or_dim_that_differs(tiny_onnx):
     static = dataclasses.replace(pixels, dims=(2, *pixels.dims[1:]))  # the graph's is dynamic
     problems = io_problems(dataclasses.replace(spec, inputs=(static,)), graph)
     assert len(problems) == 1 and problems[0].startswith("input pixels: dims")
+
+
+def test_fp16_denoiser_step_keeps_its_ddim_coefficients_fp32(tiny_onnx):
+    """The official scheduler's coefficients are fp32 scalars; an fp16 engine would round them
+    to 2^-11 (GPU_REVIEW: fp16 precision of the DDIM coefficients)."""
+    spec16 = tiny_onnx[1]["denoiser_step"].spec.with_precision("fp16")
+    dtypes = {t.name: t.dtype for t in spec16.inputs}
+    assert dtypes["coef"] == dtypes["cfg_scale"] == "float32"
+    assert dtypes["latents"] == "float16" and spec16.outputs[0].dtype == "float16"

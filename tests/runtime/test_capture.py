@@ -116,3 +116,64 @@ def test_the_loop_is_made_once_per_open_session_and_cleared_at_exit(torch_sessio
         StepLoop.__init__ = real
     assert len(made) == 2  # one for both runs of the first session, one after reopening
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_failed_capture_restores_the_stream_stays_eager_and_is_never_retried(
+    torch_session, monkeypatch
+):
+    """CUDA-free stand-ins of torch.cuda's stream and graph API: capture_end raises, as on an
+    invalidated capture. The loop must fall back to per-step launches with the reason, give the
+    same latents, leave the current stream as it was, and never capture on that device again."""
+    from hallo2rt.runtime import steploop
+
+    current = ["main"]
+    events = []
+
+    class Stream:
+        def __init__(self, device=None):
+            self.name = "side"
+
+        def wait_stream(self, other):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class StreamContext:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            self.prev, current[0] = current[0], self.stream.name
+
+        def __exit__(self, *exc):
+            current[0] = self.prev
+
+    class Graph:
+        def capture_begin(self, capture_error_mode="global"):
+            events.append(("begin", capture_error_mode, current[0]))
+
+        def capture_end(self):
+            events.append(("end", current[0]))
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    main = Stream()
+    main.name = "main"
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", StreamContext)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(steploop, "_FAILED_DEVICES", set())
+    with torch_session:
+        const, noise = _conditioning(torch_session)
+        want = StepLoop(torch_session, ddim_schedule(3), 3.5, cuda_graph=False)(const, noise)
+        loop = StepLoop(torch_session, ddim_schedule(3), 3.5)
+        loop.mode = "cuda-graph"  # as on a GPU
+        got = loop(const, noise)
+        assert loop.mode.startswith("eager (CUDA graph capture failed: RuntimeError")
+        assert events == [("begin", "thread_local", "side"), ("end", "side")]
+        assert current[0] == "main"  # restored although capture_end raised
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert steploop._FAILED_DEVICES == {str(loop.device)}
+        again = StepLoop(torch_session, ddim_schedule(3), 3.5)  # never retried in this process
+        assert again.mode == "eager (a CUDA graph capture failed earlier in this process)"
