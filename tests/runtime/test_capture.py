@@ -19,6 +19,8 @@ from hallo2rt.runtime.portrait import build_portrait, load_image
 from hallo2rt.runtime.sampler import ddim_schedule
 from hallo2rt.runtime.steploop import ALIGN, StepLoop, aligned_empty, step_loop
 
+from .cuda_stand_ins import install
+
 
 @pytest.fixture(scope="module")
 def torch_session(tiny, tiny_onnx):
@@ -126,28 +128,8 @@ def test_a_failed_capture_restores_the_stream_stays_eager_and_is_never_retried(
     same latents, leave the current stream as it was, and never capture on that device again."""
     from hallo2rt.runtime import steploop
 
-    current = ["main"]
+    current = install(monkeypatch)
     events = []
-
-    class Stream:
-        def __init__(self, device=None):
-            self.name = "side"
-
-        def wait_stream(self, other):
-            pass
-
-        def synchronize(self):
-            pass
-
-    class StreamContext:
-        def __init__(self, stream):
-            self.stream = stream
-
-        def __enter__(self):
-            self.prev, current[0] = current[0], self.stream.name
-
-        def __exit__(self, *exc):
-            current[0] = self.prev
 
     class Graph:
         def capture_begin(self, capture_error_mode="global"):
@@ -157,11 +139,6 @@ def test_a_failed_capture_restores_the_stream_stays_eager_and_is_never_retried(
             events.append(("end", current[0]))
             raise RuntimeError("operation not permitted when stream is capturing")
 
-    main = Stream()
-    main.name = "main"
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
-    monkeypatch.setattr(torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(torch.cuda, "stream", StreamContext)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
     monkeypatch.setattr(steploop, "_FAILED_DEVICES", set())
     with torch_session:

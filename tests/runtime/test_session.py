@@ -6,30 +6,11 @@ import torch
 
 from hallo2rt.runtime.session import Session
 
+from .cuda_stand_ins import install
+
 
 def test_engines_open_and_run_on_the_sessions_own_stream(monkeypatch):
-    current = ["default"]
-
-    class FakeStream:
-        def __init__(self, device):
-            self.name = "session stream"
-
-        def synchronize(self):
-            pass
-
-    class FakeStreamContext:
-        def __init__(self, stream):
-            self.stream = stream
-
-        def __enter__(self):
-            self.prev = current[0]
-            current[0] = self.stream.name
-
-        def __exit__(self, *exc):
-            current[0] = self.prev
-
-    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
-    monkeypatch.setattr(torch.cuda, "stream", FakeStreamContext)
+    current = install(monkeypatch, "session stream")
 
     class FakeEngine:
         device = torch.device("cuda", 0)
@@ -45,4 +26,4 @@ def test_engines_open_and_run_on_the_sessions_own_stream(monkeypatch):
     session = Session({"audio_encoder": engine}, torch.device("cuda", 0), require=())
     with session:
         assert current[0] == "session stream" and session.stream is not None
-    assert engine.opened_on == "session stream" and current[0] == "default"
+    assert engine.opened_on == "session stream" and current[0] == "main"
