@@ -83,9 +83,11 @@ def _face_analysis_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from hallo2rt.runtime.media import check_output
     from hallo2rt.runtime.pipeline import generate_video
     from hallo2rt.runtime.portrait import load_embedding, parse_box
 
+    check_output(args.out, image=args.image, audio=args.audio)  # before any weight loads
     if args.separate_vocals and args.checkpoints is None:
         raise OptionError("--separate-vocals reads audio_separator/ from --checkpoints")
     separate = _vocal_separator(args)
@@ -130,9 +132,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    from hallo2rt.runtime.media import check_output
     from hallo2rt.runtime.sr import upscale_video
     from hallo2rt.runtime.video import VideoReader
 
+    check_output(args.out, input=args.src)  # before any weight loads
     if args.engines is None:  # PyTorch modules: shapes from the video (engines fix their own)
         with VideoReader(args.src) as reader:
             args.size = -(-max(reader.height, reader.width) // 64) * 64

@@ -40,7 +40,7 @@ from .audio import (
     load_audio,
     resample,
 )
-from .media import MediaError
+from .media import MediaError, check_output
 from .portrait import Box, Portrait, build_portrait, load_image
 from .sampler import ddim_schedule
 from .session import Session
@@ -350,6 +350,7 @@ def generate_video(
     features are computed. ``cfg.upscale`` 2 or 4 streams every clip through face restoration
     (CodeFormer ``cfg.fidelity``) and background upsampling (``runtime.sr``); the session must
     then hold the super-resolution engines. ``session`` must be open (``with session:``)."""
+    check_output(out, image=image, audio=audio)  # never replace an input with the video
     if np.size(embedding) != session.embedding_dim:
         raise MediaError(
             f"the face embedding has {np.size(embedding)} values; this model "

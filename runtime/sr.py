@@ -44,7 +44,7 @@ from .geometry import (
     similarity_transform,
     warp_affine,
 )
-from .media import MediaError
+from .media import MediaError, check_output
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,7 @@ def upscale_video(
     from .audio import AudioStream
     from .video import ClipWriter, VideoReader, VideoWriter
 
+    check_output(out, input=src)  # never replace the input with the upscaled video
     reader = VideoReader(src)
     audio = None
     try:
