@@ -49,8 +49,13 @@ class GraphShapes:
     max_audio_samples: int = 969_600  # a 60 s segment plus the last segment's padding
 
     def __post_init__(self) -> None:
-        if self.size % 64:
-            raise OptionError(f"GraphShapes.size = {self.size}: must be a multiple of 64")
+        if self.size <= 0 or self.size % 64:
+            raise OptionError(f"--size {self.size}: must be a positive multiple of 64")
+        if self.frames < self.motion_frames:
+            raise OptionError(
+                f"--frames {self.frames}: must be at least {self.motion_frames} (each clip "
+                "hands its last frames to the next)"
+            )
         if not 0 < self.sr_overlap < self.sr_frames:
             raise OptionError(
                 f"GraphShapes.sr_overlap = {self.sr_overlap}: must lie in 1..sr_frames - 1 "

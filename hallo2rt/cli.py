@@ -10,6 +10,7 @@ traceback); anything else is reported as a likely bug (``-v``: its traceback); C
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -88,6 +89,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from hallo2rt.runtime.portrait import load_embedding, parse_box
 
     check_output(args.out, image=args.image, audio=args.audio)  # before any weight loads
+    cfg = _run_config(  # checked now; the size of built engines is filled in once they open
+        args,
+        size=512 if args.size is None else args.size,
+        face_expand_ratio=args.face_expand_ratio,
+        cuda_graph=not args.no_cuda_graph,
+        keep_partial=args.keep_partial,
+        upscale=args.upscale,
+        fidelity=args.fidelity,
+    )
     if args.separate_vocals and args.checkpoints is None:
         raise OptionError("--separate-vocals reads audio_separator/ from --checkpoints")
     separate = _vocal_separator(args)
@@ -105,15 +115,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     session = _session(args, upscale=args.upscale != 1)
     if not args.quiet:  # say which step loop ran (CUDA graph or per-step launches) and why
         logging.getLogger("hallo2rt.runtime.pipeline").setLevel(logging.INFO)
-    cfg = _run_config(
-        args,
-        size=args.size or session.size,
-        face_expand_ratio=args.face_expand_ratio,
-        cuda_graph=not args.no_cuda_graph,
-        keep_partial=args.keep_partial,
-        upscale=args.upscale,
-        fidelity=args.fidelity,
-    )
+    if args.size is None:
+        cfg = dataclasses.replace(cfg, size=session.size)
     with session:
         out = generate_video(
             session,

@@ -54,6 +54,10 @@ MASK_SEED_OFFSET = 1_000_003  # default RNG: the pixel mask gets its own stream
 VOCALS_RATE = 44100  # MDX-Net runs on 44.1 kHz stereo
 
 
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What a user tunes per run (defaults: the official long.yaml)."""
@@ -77,21 +81,46 @@ class RunConfig:
     fidelity: float = 0.5  # CodeFormer's w with upscale: 0 favours quality, 1 the input face
 
     def __post_init__(self) -> None:
-        checks = {
-            "steps": 1 <= self.steps <= 1000,
-            "frames": self.frames >= 1,
-            "motion_frames": self.motion_frames >= 1,
-            "fps": self.fps == 25,
-            "mask_rate": 0.0 <= self.mask_rate <= 1.0,
-            "cfg_scale": self.cfg_scale >= 0,
-            "size": self.size > 0 and self.size % 64 == 0,
-            "face_expand_ratio": self.face_expand_ratio > 0,
-            "upscale": self.upscale in (1, 2, 4),
-            "fidelity": 0.0 <= self.fidelity <= 1.0,
-        }
-        for name, ok in checks.items():
+        checks = (  # (option, its value, valid, the valid range in words)
+            ("--steps", self.steps, 1 <= self.steps <= 1000, "1..1000"),
+            (
+                "--cfg",
+                self.cfg_scale,
+                _finite(self.cfg_scale) and self.cfg_scale >= 0,
+                "a finite number >= 0",
+            ),
+            ("--frames", self.frames, self.frames >= self.motion_frames, self._frames_rule),
+            (
+                "--size",
+                self.size,
+                self.size > 0 and self.size % 64 == 0,
+                "a positive multiple of 64",
+            ),
+            (
+                "--face-expand-ratio",
+                self.face_expand_ratio,
+                _finite(self.face_expand_ratio) and self.face_expand_ratio > 0,
+                "> 0",
+            ),
+            ("--upscale", self.upscale, self.upscale in (1, 2, 4), "1, 2 or 4"),
+            ("--fidelity", self.fidelity, 0.0 <= self.fidelity <= 1.0, "0..1"),
+            ("--pose/face/lip-weight", self.weights, _finite(*self.weights), "finite numbers"),
+            ("RunConfig.motion_frames", self.motion_frames, self.motion_frames >= 1, ">= 1"),
+            ("RunConfig.fps", self.fps, self.fps == 25, "25 (the audio features' rate)"),
+            ("RunConfig.mask_rate", self.mask_rate, 0.0 <= self.mask_rate <= 1.0, "0..1"),
+        )
+        for option, value, ok, rule in checks:
             if not ok:
-                raise OptionError(f"RunConfig.{name} = {getattr(self, name)!r} is out of range")
+                raise OptionError(f"{option} {value}: must be {rule}")
+
+    @property
+    def weights(self) -> tuple[float, float, float]:
+        """motion_scale: the pose, face and lip audio branches' weights."""
+        return (self.pose_weight, self.face_weight, self.lip_weight)
+
+    @property
+    def _frames_rule(self) -> str:
+        return f"at least {self.motion_frames} (each clip hands its last frames to the next)"
 
 
 @dataclass(frozen=True)
@@ -174,7 +203,7 @@ def _per_video(
     const = {
         **image,
         "face_feature": face,
-        "motion_scale": torch.tensor([cfg.pose_weight, cfg.face_weight, cfg.lip_weight]),
+        "motion_scale": torch.tensor(cfg.weights),
     }
     for i in range(session.hooked):  # reference K/V of every hooked block
         const.update({n: ref[n].clone() for n in reference_kv_names(i)})

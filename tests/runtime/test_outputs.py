@@ -11,6 +11,7 @@ import pytest
 
 from hallo2rt.cli import main
 from hallo2rt.demo import ASSETS, DEMO_FACE_BOX
+from hallo2rt.engines.errors import OptionError
 
 from .media_helpers import write_audio
 
@@ -81,3 +82,37 @@ def test_the_library_checks_too(media):
         generate_video(None, media / "p.jpg", audio, audio, (0, 0, 1, 1), None)
     with pytest.raises(MediaError, match="is the input file"):
         upscale_video(None, audio, audio)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("size", 0, "--size 0: must be a positive multiple of 64"),
+        ("cfg_scale", float("inf"), "--cfg inf: must be a finite number >= 0"),
+        ("frames", 1, "--frames 1: must be at least 2"),
+        ("pose_weight", float("nan"), "--pose/face/lip-weight (nan, 1.0, 1.0): must be finite"),
+    ],
+)
+def test_run_options_out_of_range_name_the_option_and_the_range(field, value, message):
+    from hallo2rt.runtime.pipeline import RunConfig
+
+    with pytest.raises(OptionError) as err:
+        RunConfig(**{field: value})
+    assert str(err.value).startswith(message)
+
+
+def test_export_shapes_out_of_range_leave_nothing(tmp_path, capsys):
+    argv = ["export", "--checkpoints", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--size", "-64"]) == 1
+    assert "--size -64: must be a positive multiple of 64" in capsys.readouterr().err
+    assert main([*argv, "--frames", "0"]) == 1
+    assert "--frames 0: must be at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_checks_run_options_before_loading_anything(media, capsys):
+    assert main(_generate(media, media / "o.mp4", "--size", "0")) == 1
+    assert "--size 0: must be a positive multiple of 64" in capsys.readouterr().err
+    assert main(_generate(media, media / "o.mp4", "--cfg", "inf")) == 1
+    assert "--cfg inf: must be a finite number" in capsys.readouterr().err
+    assert not (media / "o.mp4").exists()
