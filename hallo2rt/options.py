@@ -104,7 +104,8 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fp16",
         action="store_true",
-        help="fp16 engines (tensorrt: FP16 kernels, or strongly typed from an fp16 export; "
+        help="fp16 engines (tensorrt: an fp16 export builds strongly typed without this flag; "
+        "on an fp32 export it lets TensorRT 10 pick fp16 kernels, TensorRT 11 refuses it; "
         "onnxruntime: requires an fp16 export; torch: half weights, GPU only)",
     )
     p.add_argument("--int8", action="store_true", help="tensorrt: allow int8 (Q/DQ graphs)")
