@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine, artifact_files, backend_module
+from .engine import Engine, artifact_files, backend_module, record_verified
 from .errors import OptionError
 from .manifest import (
     MANIFEST,
@@ -35,6 +36,7 @@ from .manifest import (
     sha256_files,
 )
 from .parity import FP16_MIN_COSINE, compare_fp16, compare_fp32
+from .paths import output_folder
 from .spec import DTYPES, ENGINE_NAMES, EngineSpec, random_feed
 
 log = logging.getLogger(__name__)
@@ -182,18 +184,35 @@ def build_engines(
     backend = backend_module(config.backend)
     env = environment(config.device, config.backend)
     backend.check_available(config, env)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifests = {}
-    for name in names:
-        onnx, export = sources[name]
-        rebuild = f"hallo2rt build --onnx {onnx_dir} --out {out_dir} {config.flags()} --only {name}"
-        if progress:
-            progress("start", name, None)
-        manifests[name] = _build_one(
-            backend, onnx, export, out_dir, config, env, rebuild, timing_cache, checkpoints, check
+    if out_dir.resolve() == onnx_dir.resolve():
+        raise OptionError(
+            f"--out {out_dir} is the --onnx folder: the engines would replace the exports they "
+            "are built from; build into another folder"
         )
-        if progress:
-            progress("done", name, manifests[name])
+    manifests = {}
+    with output_folder(out_dir):
+        for name in names:
+            onnx, export = sources[name]
+            rebuild = (
+                f"hallo2rt build --onnx {shlex.quote(str(onnx_dir.resolve()))} --out "
+                f"{shlex.quote(str(out_dir.resolve()))} {config.flags()} --only {name}"
+            )
+            if progress:
+                progress("start", name, None)
+            manifests[name] = _build_one(
+                backend,
+                onnx,
+                export,
+                out_dir,
+                config,
+                env,
+                rebuild,
+                timing_cache,
+                checkpoints,
+                check,
+            )
+            if progress:
+                progress("done", name, manifests[name])
     return manifests
 
 
@@ -250,6 +269,7 @@ def _build_one(
         final = out_dir / name
         shutil.rmtree(final, ignore_errors=True)
         tmp.replace(final)
+        record_verified(final, manifest)  # hashed above: the first open need not hash again
         log.info(
             "built %s (%s, %s) in %.1f s",
             name,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import artifact_path, verify_artifact
+from .engine import check_artifact, verify_artifact
 from .manifest import MANIFEST, EngineError, environment, read_manifest, stale_fields
 from .spec import ENGINE_NAMES
 
@@ -186,7 +186,11 @@ def _engine_state(path: Path, verify: bool) -> tuple[str, bool]:
         return f"unusable: {exc}", False
     backend = m.backend
     if backend is None:
-        return f"ONNX export, {m.precision} (not built; `hallo2rt build`)", True
+        return (
+            f"ONNX export, {m.precision}: NOT BUILT, so nothing can run it; build it: hallo2rt "
+            f"build --onnx {path.parent} --out ENGINES --backend onnxruntime|tensorrt|torch",
+            False,
+        )
     env_built = m.environment
     what = (
         f"{backend} {m.precision} on {m.device}, built with "
@@ -204,16 +208,14 @@ def _engine_state(path: Path, verify: bool) -> tuple[str, bool]:
     try:
         if verify:
             verify_artifact(path, m)
-        else:
-            artifact_path(path, m)
+        else:  # hashed when the files changed since their last check
+            check_artifact(path, m)
     except EngineError as exc:
         return f"{what}; CORRUPT: {exc}", False
     stale = stale_fields(m, environment(m.device, backend))
     if stale:
         return f"{what}; STALE here ({'; '.join(stale)}); rebuild: {m.rebuild}", False
-    checked = (
-        "not checked" if m.parity is None or m.parity.skipped else "checked against its ONNX"
-    )
+    checked = "not checked" if m.parity is None or m.parity.skipped else "checked against its ONNX"
     return f"{what}; ok ({checked})", True
 
 

@@ -8,12 +8,14 @@ implements three hooks (``_open``, ``_infer``, ``_close``) and a ``build`` funct
 module, imported only when used (docs/style.md §5-6).
 
 ``open_engine(directory)`` reads the manifest a build wrote, refuses a stale or corrupt engine with
-a message that says how to rebuild, and returns the backend's engine, unopened.
+a message that says how to rebuild (the artifact's hash is checked whenever its files changed since
+the last check), and returns the backend's engine, unopened.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,59 @@ def verify_artifact(directory: Path, manifest: Manifest) -> None:
         )
 
 
+def rebuild_for(manifest: Manifest, device: str) -> str:
+    """The manifest's rebuild command with ``--device`` set to ``device``."""
+    command = manifest.rebuild or "hallo2rt build --onnx EXPORTS --out ENGINES"
+    built = f"--device {manifest.device}"
+    if built in command:
+        return command.replace(built, f"--device {device}")
+    return f"{command} --device {device}"
+
+
+VERIFIED = ".verified.json"  # the artifact files' identity when their hash last matched
+
+
+def _identity(files: list[Path]) -> list[list]:
+    """What changes when a file is rewritten, even in place at the same size."""
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append([f.name, st.st_size, st.st_mtime_ns, st.st_ino])
+    return out
+
+
+def record_verified(directory: Path, manifest: Manifest) -> None:
+    """Note that the artifact in ``directory`` matches its recorded hash now (after a build or
+    a full check), so that the next open can skip hashing gigabytes while the files are
+    untouched. A read-only engine folder keeps no note: it is hashed at every open."""
+    files = [f for f in artifact_files(directory, manifest) if f.is_file()]
+    note = {"sha256": manifest.artifact_sha256, "files": _identity(files)}
+    try:
+        (Path(directory) / VERIFIED).write_text(json.dumps(note))
+    except OSError:
+        log.debug("could not write %s in %s", VERIFIED, directory, exc_info=True)
+
+
+def check_artifact(directory: Path, manifest: Manifest) -> Path | None:
+    """``artifact_path``, and the full hash check unless the files are exactly as they were
+    when their hash last matched (same size, modification time and inode): a file corrupted
+    in place, even at the same size, is refused instead of producing garbage."""
+    path = artifact_path(directory, manifest)
+    if path is None or manifest.artifact_sha256 is None:
+        return path
+    files = [f for f in artifact_files(directory, manifest) if f.is_file()]
+    try:
+        note = json.loads((Path(directory) / VERIFIED).read_text())
+        if note == {"sha256": manifest.artifact_sha256, "files": _identity(files)}:
+            return path
+    except (OSError, ValueError):
+        pass
+    log.info("checking the hash of %s (changed since its last check)", path)
+    verify_artifact(directory, manifest)
+    record_verified(directory, manifest)
+    return path
+
+
 def open_engine(
     directory: str | Path,
     device: str | torch.device | None = None,
@@ -177,8 +232,8 @@ def open_engine(
     if backend != "torch" and device.type != built_on.type:
         raise StaleEngineError(
             f"engine {manifest.engine} was built for {built_on.type}, not {device.type} "
-            f"({backend} engines are device-specific); rebuild it with --device {device.type}: "
-            f"{manifest.rebuild}"
+            f"({backend} engines are device-specific); rebuild it for {device.type}: "
+            f"{rebuild_for(manifest, device.type)}"
         )
     check_fresh(manifest, environment(str(device), backend))
     if expect is not None and manifest.spec_digest != expect.digest():
@@ -186,5 +241,5 @@ def open_engine(
             f"engine {expect.name} in {directory} was built from another spec than this "
             f"version of hallo2rt expects; re-export and rebuild: {manifest.rebuild}"
         )
-    artifact_path(directory, manifest)
+    check_artifact(directory, manifest)
     return backend_module(backend).ENGINE(directory, manifest, device, **options)

@@ -115,11 +115,19 @@ def read_manifest(directory: str | Path) -> Manifest:
     if not isinstance(data, dict) or "spec" not in data or "engine" not in data:
         raise EngineError(f"{path} is not an engine manifest (no engine/spec); rebuild it")
     try:
-        return Manifest.from_json(data)
+        manifest = Manifest.from_json(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise EngineError(
             f"{path} is not a manifest this hallo2rt reads ({exc}); rebuild it"
         ) from exc
+    written = data.get("spec_digest")
+    if written is not None and written != manifest.spec_digest:
+        raise EngineError(
+            f"{path} was edited after it was written: its spec (the engine's inputs, outputs "
+            "and shapes) no longer matches the digest recorded with it, so it may not describe "
+            f"the engine file; rebuild: {manifest.rebuild or 'hallo2rt export / hallo2rt build'}"
+        )
+    return manifest
 
 
 def stale_fields(manifest: Manifest, env: dict[str, Any]) -> list[str]:

@@ -29,6 +29,33 @@ LARGE_MODEL_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
 # below it they run the exported graph as it is.
 SCORES_BUDGET_BYTES = 1 << 30
 
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)"}
+
+
+def io_mismatches(spec, inputs, outputs) -> list[str]:
+    """Where ORT's view of a model (``get_inputs()``/``get_outputs()``: name, type, shape with
+    ints for fixed dims) disagrees with ``spec``: names, order, dtypes, fixed dims."""
+    problems = []
+    for kind, want, have in (("input", spec.inputs, inputs), ("output", spec.outputs, outputs)):
+        names, said = [a.name for a in have], [t.name for t in want]
+        if names != said:
+            problems.append(f"{kind}s {names[:5]}, the manifest says {said[:5]}")
+            continue
+        for t, a in zip(want, have, strict=True):
+            if a.type != _ORT_TYPES.get(t.dtype):
+                problems.append(f"{kind} {t.name} is {a.type}, the manifest says {t.dtype}")
+            fixed = [
+                (d, g)
+                for d, g in zip(t.dims, a.shape, strict=False)
+                if isinstance(d, int) and isinstance(g, int)
+            ]
+            if len(a.shape) != len(t.dims) or any(d != g for d, g in fixed):
+                problems.append(
+                    f"{kind} {t.name} is {list(a.shape)}, the manifest says {list(t.dims)}"
+                )
+    return problems
+
+
 _NP_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64"}
 
 
@@ -104,7 +131,7 @@ def run_on_cpu(path: Path, feed: dict, optimize: bool = True, fuse: bool = False
     with its attention fused (``attention_fusion``), for shapes whose score tensors would not
     fit in memory (see ``check_on_cpu``)."""
     ort = _ort()
-    opts = _session_options(ort)
+    opts = session_options(ort)
     opts.enable_cpu_mem_arena = False
     # ORT's buffer reuse keeps a dead value's buffer for a later one of the same size, which
     # holds it meanwhile: on the full-size denoiser it doubles the peak of a single run
@@ -160,9 +187,12 @@ def check_available(config, env: dict[str, Any]) -> None:
             raise EngineError("--device cuda: torch sees no CUDA GPU (IO binding uses torch)")
 
 
-def _session_options(ort, log_level: int = 3):
+def session_options(ort, log_level: int = 3):
+    """ORT session options with quiet logs and torch's CPU thread count (``--threads``), so
+    that one setting governs every CPU kernel of a run."""
     opts = ort.SessionOptions()
     opts.log_severity_level = log_level
+    opts.intra_op_num_threads = torch.get_num_threads()
     return opts
 
 
@@ -175,7 +205,7 @@ def build(onnx: Path, export: Manifest, out: Path, config, env, timing_cache, ch
             "re-export with `hallo2rt export --precision fp16`, or build without --fp16"
         )
     large = onnx.with_name(onnx.name + ".data").is_file()
-    opts = _session_options(ort)
+    opts = session_options(ort)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(out / ARTIFACT)
     if large:
@@ -237,7 +267,7 @@ class OrtEngine(Engine):
 
     def _open(self) -> None:
         ort = _ort()
-        opts = _session_options(ort)
+        opts = session_options(ort)
         # The artifact is already optimised at the extended level; the remaining (layout)
         # optimisations are specific to this machine and cheap, so they run at load.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -260,6 +290,13 @@ class OrtEngine(Engine):
                 f"{path} could not be loaded by onnxruntime ({str(exc)[:300]}): the file is "
                 f"corrupt or from another onnxruntime; rebuild: {self.manifest.rebuild}"
             ) from exc
+        problems = io_mismatches(self.spec, self._sess.get_inputs(), self._sess.get_outputs())
+        if problems:
+            raise EngineError(
+                f"{path} does not have the inputs and outputs its manifest describes "
+                f"({'; '.join(problems[:4])}): the manifest belongs to another engine or was "
+                f"edited; rebuild: {self.manifest.rebuild}"
+            )
         self._run_options = ort.RunOptions()
         if self._stream:  # ordered on the caller's stream: no device-wide syncs needed
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")

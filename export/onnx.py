@@ -19,13 +19,21 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
 from ..engines.errors import OptionError, SetupError
-from ..engines.manifest import Manifest, Parity, ParityRun, onnx_sha256, sha256_files
+from ..engines.manifest import (
+    EngineError,
+    Manifest,
+    Parity,
+    ParityRun,
+    onnx_sha256,
+    read_manifest,
+    sha256_files,
+)
 from ..engines.ort_backend import check_on_cpu
 from ..engines.parity import (  # noqa: F401  (ParityError: part of this module's API)
     FP16_MIN_COSINE,
@@ -34,6 +42,7 @@ from ..engines.parity import (  # noqa: F401  (ParityError: part of this module'
     compare_fp16,
     compare_fp32,
 )
+from ..engines.paths import output_folder
 from ..engines.spec import DTYPES, ENGINE_NAMES, FP32_ONLY, EngineSpec
 from .checkpoints import load_pretrained
 from .graphs import ENGINE_COMPONENTS, Graph, GraphShapes, build_graph, fit_shapes
@@ -316,10 +325,13 @@ def export_engines(
     only: Iterable[str] | None = None,
     shapes: GraphShapes | None = None,
     precision: str = "fp32",
+    progress: Callable[[str, str, Manifest | None], None] | None = None,
 ) -> dict[str, Manifest]:
     """Export the requested engines (default: all) of the tree at ``checkpoints`` into ``out``.
 
-    Checkpoints are loaded, and every missing file reported, before ``out`` is created.
+    Checkpoints are loaded, and every missing file reported, before any engine is written; a
+    failure leaves no folder that was not there. progress: called with ("start", name, None)
+    and ("done", name, manifest).
     """
     shapes = shapes or GraphShapes()
     names = list(dict.fromkeys(only or ENGINE_NAMES))
@@ -328,28 +340,49 @@ def export_engines(
     unknown = [n for n in names if n not in ENGINE_NAMES]
     if unknown:
         raise OptionError(f"unknown engines {unknown}; known: {', '.join(ENGINE_NAMES)}")
-    components = dict.fromkeys(c for n in names for c in ENGINE_COMPONENTS[n])
-    pre = load_pretrained(checkpoints, components)
-    shapes = fit_shapes(shapes, pre)  # the face crop side is the restorer's
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    shared = {
-        "shapes": dataclasses.asdict(shapes),
-        "model_config": json.loads(json.dumps(dataclasses.asdict(pre.config), default=str)),
-        "checkpoints": str(Path(checkpoints).resolve()),
-    }
-    digests = {f: sha256_files([f]) for f in dict.fromkeys(pre.files.values())}
-
-    def extra(name: str) -> dict:
-        files = {c: pre.files[c] for c in ENGINE_COMPONENTS[name]}
-        return {
-            **shared,
-            "sources": files,
-            # the weights this graph came from (the torch backend checks them before use)
-            "source_sha256": {os.path.relpath(f, checkpoints): digests[f] for f in files.values()},
+    built = [n for n in names if _is_built_engine(out / n)]
+    if built:
+        raise OptionError(
+            f"--out {out} holds built engines ({', '.join(built)}): an export would replace "
+            "them; export into another folder (hallo2rt build reads it with --onnx)"
+        )
+    with output_folder(out):  # checked before the weights load; removed again if left empty
+        components = dict.fromkeys(c for n in names for c in ENGINE_COMPONENTS[n])
+        pre = load_pretrained(checkpoints, components)
+        shapes = fit_shapes(shapes, pre)  # the face crop side is the restorer's
+        shared = {
+            "shapes": dataclasses.asdict(shapes),
+            "model_config": json.loads(json.dumps(dataclasses.asdict(pre.config), default=str)),
+            "checkpoints": str(Path(checkpoints).resolve()),
         }
+        digests = {f: sha256_files([f]) for f in dict.fromkeys(pre.files.values())}
 
-    return {
-        n: export_engine(build_graph(n, pre, shapes), out, extra(n), precision=precision)
-        for n in names
-    }
+        def extra(name: str) -> dict:
+            files = {c: pre.files[c] for c in ENGINE_COMPONENTS[name]}
+            return {
+                **shared,
+                "sources": files,
+                # the weights this graph came from (the torch backend checks them before use)
+                "source_sha256": {
+                    os.path.relpath(f, checkpoints): digests[f] for f in files.values()
+                },
+            }
+
+        manifests = {}
+        for n in names:
+            if progress:
+                progress("start", n, None)
+            graph = build_graph(n, pre, shapes)
+            manifests[n] = export_engine(graph, out, extra(n), precision=precision)
+            if progress:
+                progress("done", n, manifests[n])
+        return manifests
+
+
+def _is_built_engine(directory: Path) -> bool:
+    """Whether ``directory`` holds an engine built by ``hallo2rt build`` (not an export)."""
+    try:
+        return read_manifest(directory).backend is not None
+    except EngineError:
+        return False

@@ -188,6 +188,5 @@ class Session:
     def describe(self) -> dict[str, Any]:
         """name -> "backend precision device" (for logs and benchmark records)."""
         return {
-            n: f"{e.backend} {e.manifest.precision} {e.device}"
-            for n, e in self.engines.items()
+            n: f"{e.backend} {e.manifest.precision} {e.device}" for n, e in self.engines.items()
         }

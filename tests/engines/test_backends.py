@@ -20,6 +20,7 @@ from hallo2rt.engines.manifest import (
     environment,
     read_manifest,
 )
+from hallo2rt.engines.ort_backend import OrtEngine
 from hallo2rt.engines.parity import ParityError, compare_fp32
 from hallo2rt.engines.spec import ENGINE_NAMES, random_feed, spec_from_json
 from hallo2rt.engines.tensorrt_backend import build_plan, plan_name
@@ -189,10 +190,13 @@ def test_corrupt_engines_are_reported_as_such(ort_engines, tmp_path):
     artifact.write_bytes(data[: len(data) // 2])
     with pytest.raises(EngineError, match="corrupt or truncated"):
         open_engine(d)
-    artifact.write_bytes(bytes(len(data)))  # right size, garbage
+    artifact.write_bytes(bytes(len(data)))  # right size, garbage: corrupted in place
     with pytest.raises(EngineError, match="does not match the hash"):
         verify_artifact(d, read_manifest(d))
-    with pytest.raises(EngineError, match="could not be loaded by onnxruntime"), open_engine(d):
+    with pytest.raises(EngineError, match="does not match the hash"):
+        open_engine(d)  # changed since its last check: hashed at open, not run as garbage
+    unchecked = OrtEngine(d, read_manifest(d), torch.device("cpu"))
+    with pytest.raises(EngineError, match="could not be loaded by onnxruntime"), unchecked:
         pass
     lines, ok = engine_states(root, verify=True)
     assert not ok and "CORRUPT" in lines[0]
@@ -235,7 +239,11 @@ def test_a_failed_check_leaves_no_engine(tiny_onnx, tmp_path, monkeypatch):
     out = tmp_path / "out"
     with pytest.raises(ParityError, match="image_tokens"):
         build_engines(tiny_onnx[0], out, BuildConfig("onnxruntime"), only=["image_proj"])
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # no engine, no .partial, and not the folder it created either
+    out.mkdir()
+    with pytest.raises(ParityError, match="image_tokens"):
+        build_engines(tiny_onnx[0], out, BuildConfig("onnxruntime"), only=["image_proj"])
+    assert list(out.iterdir()) == []  # a folder that was there stays
 
 
 def test_check_engine_catches_a_wrong_engine(ort_engines, tiny_onnx):

@@ -231,7 +231,7 @@ def test_the_silent_cpu_fallback_of_the_cuda_provider_is_an_error(ort_small):
     the CPU, exactly what a broken CUDA install does."""
     path = str(ort_small / "image_proj" / ort_backend.ARTIFACT)
     providers = ort_backend._provider(torch.device("cuda"))
-    opts = ort_backend._session_options(ort)
+    opts = ort_backend.session_options(ort)
     with (
         pytest.warns(UserWarning, match="CUDAExecutionProvider"),  # all that ORT itself says
         pytest.raises(EngineError, match="could not start its CUDA provider"),
@@ -254,6 +254,8 @@ def test_an_ort_cuda_graph_is_captured_while_the_engine_opens(ort_small, monkeyp
             run_with_iobinding=lambda *a: (runs.append(1), run(*a))[1],
             io_binding=sess.io_binding,
             get_providers=sess.get_providers,
+            get_inputs=sess.get_inputs,
+            get_outputs=sess.get_outputs,
         )
         return sess_proxy
 
