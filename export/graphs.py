@@ -240,7 +240,9 @@ def build_graph(name: str, pre: Pretrained, shapes: GraphShapes = GraphShapes())
 
 def _audio_encoder(pre: Pretrained, s: GraphShapes) -> Graph:
     w = pre.config.wav2vec
-    lo, hi = s.frames * SAMPLES_PER_FRAME, s.max_audio_samples  # the last segment: >= 1 clip
+    # The shortest segment is a last one of one sample, padded to one clip: (F - 1) * 640 + 1
+    # samples (runtime.audio.plan_segments); wav2vec2's 400-sample receptive field fits in it.
+    lo, hi = (s.frames - 1) * SAMPLES_PER_FRAME + 1, s.max_audio_samples
     spec = EngineSpec(
         "audio_encoder",
         (_t("waveform", 1, "samples"),),
@@ -248,7 +250,7 @@ def _audio_encoder(pre: Pretrained, s: GraphShapes) -> Graph:
         {
             "samples": (lo, 960_000 if hi >= 960_000 else hi, hi),
             "audio_frames": (
-                lo // SAMPLES_PER_FRAME,
+                s.frames,
                 -(-min(960_000, hi) // SAMPLES_PER_FRAME),
                 -(-hi // SAMPLES_PER_FRAME),
             ),

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engines.errors import SetupError
+from ..engines.ort_backend import session_options
 from .geometry import umeyama_similarity, warp_affine_image
 from .media import MediaError
 
@@ -142,8 +143,7 @@ class FaceAnalyzer:
                 "official face_analysis/models/ files; or pass --face-box and "
                 "--face-embedding)"
             )
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts = session_options(ort)
         prov = providers or ["CPUExecutionProvider"]
         self.detector = ort.InferenceSession(str(paths[0]), opts, providers=prov)
         self.recogniser = ort.InferenceSession(str(paths[1]), opts, providers=prov)

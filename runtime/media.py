@@ -7,16 +7,22 @@ import os
 from pathlib import Path
 
 from ..engines.errors import Hallo2rtError
+from ..engines.paths import unwritable
 
 
 class MediaError(Hallo2rtError, ValueError):
     """A user-supplied media file is missing, unreadable or unusable; says which and why."""
 
 
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov")  # the MP4 family: what VideoWriter writes
+
+
 def check_output(out: str | Path, **inputs: str | Path | None) -> Path:
-    """``out`` as a path a run may write: not one of its ``inputs`` (by resolved path or, for
-    links and hard links, by inode: the finished output would replace the input) and not a
-    directory. inputs: option name -> path (None: not given). Checked before any work."""
+    """``out`` as a path a run may write, checked before any work: not a directory, not one of
+    its ``inputs`` (by resolved path or, for links and hard links, by inode: the finished output
+    would replace the input), an MP4 name (the file is an MP4 whatever it is called), in an
+    existing folder this process can create files in (tried). inputs: option name -> path
+    (None: not given)."""
     out = Path(out)
     if out.is_dir():
         raise MediaError(f"--out {out} is a directory: give a file name, e.g. {out / 'out.mp4'}")
@@ -31,4 +37,20 @@ def check_output(out: str | Path, **inputs: str | Path | None) -> Path:
                 f"--out {out} is the {option} file: writing the video would destroy it; "
                 "choose another output path"
             )
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise MediaError(
+            f"--out {out}: the output is an MP4 video; give it an .mp4 name, e.g. "
+            f"{out.with_suffix('.mp4')}"
+        )
+    check_writable_folder(out.parent, f"--out {out}")
     return out
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """``MediaError`` unless ``folder`` exists and a file can be created in it (tried)."""
+    if not folder.is_dir():
+        why = "is a file" if folder.exists() else "does not exist"
+        raise MediaError(f"{what}: the folder {folder} {why}; create the folder or choose another")
+    why = unwritable(folder)
+    if why:
+        raise MediaError(f"{what}: cannot write in {folder} ({why}); choose a writable folder")

@@ -33,6 +33,7 @@ from ..engines.errors import OptionError
 from ..engines.manifest import EngineError
 from ..engines.spec import SUPER_RESOLUTION
 from .audio import (
+    SAMPLE_RATE,
     AudioStream,
     StreamedFeatures,
     TensorFeatures,
@@ -294,6 +295,7 @@ def _audio(session: Session, audio, cfg: RunConfig, separate):
     """The audio features (streamed, or of the separated voice) and the audio to mux."""
 
     def encode(x: torch.Tensor, n: int) -> torch.Tensor:
+        _check_audio_range(session, x.shape[-1])
         feats = session.run("audio_encoder", waveform=x)["features"]  # (1, ceil(S/640), L, C)
         if feats.shape[1] != n:
             raise RuntimeError(f"audio_encoder gave {feats.shape[1]} frames for {n}")
@@ -308,6 +310,25 @@ def _audio(session: Session, audio, cfg: RunConfig, separate):
     vocals = separate(np.repeat(stereo, 2, axis=0) if stereo.shape[0] == 1 else stereo)
     wave16 = resample(vocals, VOCALS_RATE, 16000, mono=True)
     return TensorFeatures(*audio_features(wave16[0], encode, cfg.frames)), (samples, rate)
+
+
+def _check_audio_range(session: Session, samples: int) -> None:
+    """A segment (padded to whole clips) outside the audio encoder's range, as a MediaError:
+    engines exported before short audio was supported take at least one whole clip."""
+    lo, _, hi = session.spec("audio_encoder").profiles.get("samples", (samples, 0, samples))
+    if lo <= samples <= hi:
+        return
+    seconds, least = samples / SAMPLE_RATE, lo / SAMPLE_RATE
+    if samples < lo:
+        raise MediaError(
+            f"the driving audio is too short for these engines ({seconds:.2f} s after padding; "
+            f"their audio_encoder takes at least {least:.2f} s): use longer audio, or export "
+            "and build the audio_encoder again with this version, which takes any length"
+        )
+    raise MediaError(
+        f"an audio segment of {seconds:.1f} s exceeds the audio_encoder's {hi / SAMPLE_RATE:.1f}"
+        " s: export it again with a larger max_audio_samples"
+    )
 
 
 def _super_resolver(session: Session, cfg: RunConfig) -> SuperResolver | None:
@@ -391,7 +412,10 @@ def generate_video(
     sr = _super_resolver(session, cfg)
     features, native = _audio(session, audio, cfg, separate)
     start = time.perf_counter()
-    on_step = _progress(progress, math.ceil(features.frames / cfg.frames), cfg)
+    n_clips = math.ceil(features.frames / cfg.frames)
+    on_step = _progress(progress, n_clips, cfg)
+    if progress:  # before the per-video work and the first clip, which take a while
+        progress(Progress(0, n_clips, 0, n_clips * cfg.steps, 0.0, frames_per_clip=cfg.frames))
     try:
         side, frames = cfg.size * cfg.upscale, features.audio_length
         writer = VideoWriter(out, side, side, cfg.fps, audio=native, max_frames=frames)

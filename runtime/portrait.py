@@ -168,7 +168,7 @@ def load_embedding(path: str | Path) -> np.ndarray:
     if emb.ndim > 2 or (emb.ndim == 2 and emb.shape[0] != 1) or not np.isfinite(emb).all():
         raise MediaError(
             f"{path} holds an array of shape {emb.shape}; expected one vector of "
-            "finite floats (the raw 512-d ArcFace embedding)"
+            "finite floats (the raw ArcFace embedding: 512 values for the released model)"
         )
     return emb.reshape(-1).astype(np.float32)
 

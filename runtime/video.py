@@ -2,13 +2,18 @@
 
 Frames are encoded as they arrive and the audio is muxed up to the current video time after each
 batch, so memory does not grow with the video's length (the muxer interleaves as it goes). The
-file is written under a temporary name beside the target and renamed only when complete: an
-error or Ctrl-C leaves no broken output (and an older file at the target untouched).
+file is written under a temporary name of its own beside the target and renamed only when
+complete: an error, Ctrl-C or a full disk leaves no broken output (and an older file at the
+target untouched), and two runs writing the same target never mix: each writes its own file and
+the last to finish replaces the other's whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -49,9 +54,16 @@ class VideoWriter:
             raise MediaError(f"output folder {self.path.parent} does not exist")
         if width % 2 or height % 2:
             raise MediaError(f"H.264 needs even frame sizes, got {width}x{height}")
-        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        self.tmp: Path | None = None
         self.fps, self.max_frames, self.frames_written = fps, max_frames, 0
-        self._container = av.open(str(self.tmp), "w", format="mp4")
+        self._container: Any = None
+        with self._writing():
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent
+            )
+            os.close(fd)
+            self.tmp = Path(tmp)
+            self._container = av.open(str(self.tmp), "w", format="mp4")
         self._video = self._container.add_stream("libx264", rate=fps)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
         self._video.options = {"crf": str(crf), "preset": preset}
@@ -65,12 +77,16 @@ class VideoWriter:
 
     def write(self, frames: np.ndarray) -> None:
         """Encode (N, H, W, 3) uint8 frames, then mux the audio up to the new video time."""
-        import av
-
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(
                 f"frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}"
             )
+        with self._writing():
+            self._encode(frames)
+
+    def _encode(self, frames: np.ndarray) -> None:
+        import av
+
         for img in frames:
             if self.max_frames is not None and self.frames_written >= self.max_frames:
                 break
@@ -107,22 +123,41 @@ class VideoWriter:
     def close(self, trim_audio: bool = False) -> Path:
         """Flush, finish the file and move it into place; returns the final path.
         ``trim_audio``: end the audio with the video (a partial video kept after a stop)."""
-        self._mux_audio(self.frames_written / self.fps if trim_audio else None, final=True)
-        self._container.mux(self._video.encode(None))
-        if self._audio is not None:
-            self._container.mux(self._audio.encode(None))
-        self._container.close()
-        self.tmp.replace(self.path)
+        with self._writing():
+            self._mux_audio(self.frames_written / self.fps if trim_audio else None, final=True)
+            self._container.mux(self._video.encode(None))
+            if self._audio is not None:
+                self._container.mux(self._audio.encode(None))
+            self._container.close()
+            assert self.tmp is not None
+            self.tmp.replace(self.path)
         log.info("wrote %s (%d frames)", self.path, self.frames_written)
         return self.path
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Write errors (a full disk, a folder gone read-only) as a MediaError, the partial
+        file removed."""
+        import av
+
+        try:
+            yield
+        except (OSError, av.error.FFmpegError) as exc:
+            self.abort()
+            raise MediaError(
+                f"writing {self.path} failed ({exc}): is the disk full or the folder no longer "
+                "writable? Nothing was written there"
+            ) from exc
 
     def abort(self) -> None:
         """Drop the partial file (on errors and interrupts)."""
         try:
-            self._container.close()
+            if self._container is not None:
+                self._container.close()
         except Exception:  # the container may be unusable after the error that got us here
             log.debug("closing the partial container failed", exc_info=True)
-        self.tmp.unlink(missing_ok=True)
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:
         return self

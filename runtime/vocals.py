@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..engines.errors import SetupError
+from ..engines.ort_backend import session_options
 from .media import MediaError
 
 MODEL = "audio_separator/Kim_Vocal_2.onnx"
@@ -129,7 +130,7 @@ def separate_vocals(
     root = Path(checkpoints)
     params = mdx_params(root / MODEL, root / MODEL_DATA)
     session = ort.InferenceSession(
-        str(root / MODEL), providers=providers or ["CPUExecutionProvider"]
+        str(root / MODEL), session_options(ort), providers=providers or ["CPUExecutionProvider"]
     )
     name = session.get_inputs()[0].name
     return demix(wave, lambda spec: session.run(None, {name: spec})[0], params)

@@ -116,3 +116,27 @@ def test_generate_checks_run_options_before_loading_anything(media, capsys):
     assert main(_generate(media, media / "o.mp4", "--cfg", "inf")) == 1
     assert "--cfg inf: must be a finite number" in capsys.readouterr().err
     assert not (media / "o.mp4").exists()
+
+
+def test_two_writers_of_one_out_never_mix(tmp_path):
+    """Two runs writing the same --out at once: each writes its own temporary file, and the
+    last to finish replaces the other's video whole (before, both wrote one `.partial`)."""
+    import av
+    import numpy as np
+
+    from hallo2rt.runtime.video import VideoWriter
+
+    out = tmp_path / "same.mp4"
+    first, second = VideoWriter(out, 64, 64), VideoWriter(out, 64, 64)
+    assert first.tmp != second.tmp
+    dark, light = np.full((5, 64, 64, 3), 20, np.uint8), np.full((9, 64, 64, 3), 230, np.uint8)
+    for i in range(5):
+        first.write(dark[i : i + 1])
+        second.write(light[i : i + 1])
+    second.write(light[5:])
+    first.close()
+    second.close()
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 9 and all(abs(float(f.mean()) - 230) < 3 for f in frames)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.mp4"]
