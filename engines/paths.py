@@ -23,19 +23,23 @@ def unwritable(folder: Path) -> str | None:
         return exc.strerror or str(exc)
 
 
+def folder_problem(folder: Path) -> str | None:
+    """What keeps a command from writing a file in ``folder`` (None: nothing)."""
+    if not folder.is_dir():
+        return f"the folder {folder} {'is a file' if folder.exists() else 'does not exist'}"
+    why = unwritable(folder)
+    return None if why is None else f"cannot write in {folder} ({why})"
+
+
 def check_file_target(path: Path, option: str) -> Path:
-    """An output file ``path`` of ``option``: its folder exists and is writable, and it is not
-    a folder itself (``OptionError`` naming the option otherwise)."""
+    """An output file ``path`` of ``option``: not a folder, in a folder that exists and can be
+    written (``OptionError`` naming the option otherwise)."""
     path = Path(path)
     if path.is_dir():
         raise OptionError(f"{option} {path} is a folder: give a file name inside it")
-    folder = path.parent
-    if not folder.is_dir():
-        why = "is a file" if folder.exists() else "does not exist"
-        raise OptionError(f"{option} {path}: the folder {folder} {why}; create it first")
-    why = unwritable(folder)
-    if why:
-        raise OptionError(f"{option} {path}: cannot write in {folder} ({why})")
+    problem = folder_problem(path.parent)
+    if problem:
+        raise OptionError(f"{option} {path}: {problem}; create it or choose another")
     return path
 
 

@@ -4,7 +4,7 @@ options (``options.py``), builds the configs and calls one library function (doc
 Each subcommand imports only what it needs. hallo2rt's own errors (``engines.errors``: bad
 input, a stale or missing engine, a missing package) print one line and exit 1 (``-v``: with the
 traceback); anything else is reported as a likely bug (``-v``: its traceback); Ctrl-C exits
-130.
+130 and SIGTERM 143, both after the same clean-up (no partial file is left).
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from hallo2rt.console import build_progress, export_line, progress_printer
+from hallo2rt.console import build_progress, export_progress, frame_counter, progress_printer
 from hallo2rt.demo import DEMO_SIZE
 from hallo2rt.engines.errors import Hallo2rtError, OptionError
 from hallo2rt.options import build_parser
@@ -36,7 +38,7 @@ def _run_config(args: argparse.Namespace, **more):
         pose_weight=args.pose_weight,
         face_weight=args.face_weight,
         lip_weight=args.lip_weight,
-        frames=args.frames,
+        frames=args.frames or 16,  # generate: the engines' frames once they open
         official_rng=args.official_rng,
     )
 
@@ -68,7 +70,7 @@ def _session(args: argparse.Namespace, generation: bool = True, upscale: bool = 
         device=None if args.device == "auto" else args.device,
         dtype=args.dtype,
         size=getattr(args, "size", None),
-        frames=getattr(args, "frames", 16),
+        frames=getattr(args, "frames", None) or 16,
         generation=generation,
         upscale=upscale,
     )
@@ -117,6 +119,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         logging.getLogger("hallo2rt.runtime.pipeline").setLevel(logging.INFO)
     if args.size is None:
         cfg = dataclasses.replace(cfg, size=session.size)
+    if args.frames is None:
+        cfg = dataclasses.replace(cfg, frames=session.frames)
     with session:
         out = generate_video(
             session,
@@ -144,21 +148,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         with VideoReader(args.src) as reader:
             args.size = -(-max(reader.height, reader.width) // 64) * 64
     session = _session(args, generation=False, upscale=True)
-    tty = sys.stderr.isatty()
-
-    def show(done: int, total: int) -> None:
-        of = f"/{total}" if total else ""
-        print(f"\rupscaled {done}{of} frames", end="", file=sys.stderr, flush=True)
-
     with session:
         out = upscale_video(
-            session,
-            args.src,
-            args.out,
-            args.upscale,
-            args.fidelity,
-            None if args.quiet or not tty else show,
+            session, args.src, args.out, args.upscale, args.fidelity, frame_counter(args.quiet)
         )
+    tty = sys.stderr.isatty()
     print(("\n" if tty and not args.quiet else "") + f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -192,9 +186,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     only = [n.strip() for n in args.only.split(",")] if args.only else None
     shapes = GraphShapes(size=args.size, frames=args.frames, sr_frames=args.sr_frames)
-    manifests = export_engines(args.checkpoints, args.out, only, shapes, args.precision)
-    for name, m in manifests.items():
-        export_line(name, m)
+    manifests = export_engines(
+        args.checkpoints, args.out, only, shapes, args.precision, progress=export_progress
+    )
     print(f"wrote {len(manifests)} engine(s) to {args.out}", file=sys.stderr)
     return 0
 
@@ -250,8 +244,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sr_only=args.sr_only,
         sr_size=args.size,
     )
+    from hallo2rt.engines.paths import check_file_target
     from hallo2rt.engines.spec import run_engines
 
+    for option in ("json", "markdown", "plot"):  # before the benchmark, not after it
+        if getattr(args, option):
+            check_file_target(getattr(args, option), f"--{option}")
     if args.sr_only and (args.upscale == 1 or cfg.baseline or args.plot):
         raise OptionError("--sr-only needs --upscale 2 or 4, and takes no --baseline or --plot")
     names = run_engines(not args.sr_only, args.upscale > 1)
@@ -327,16 +325,62 @@ COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C: every ``finally``
+    and ``with`` runs and removes its temporary files (the default SIGTERM action would kill
+    the process and leave them)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run one subcommand. hallo2rt's own errors print one line and exit 1; anything else
     is a bug: one line saying so and exit 2 (``-v``: the traceback of either); Ctrl-C exits
-    130."""
+    130, SIGTERM 143."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    threads = torch_threads()
     try:
+        return _run(args)
+    finally:
+        torch_threads(threads)  # the caller's setting back (main() is also called in-process)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def torch_threads(n: int | None = None) -> int:
+    """torch's CPU thread count (set it when ``n``); imports torch only when it is loaded."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return 0
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def _use_threads(args: argparse.Namespace) -> None:
+    """Apply --threads (or the default: the cores not busy now) to torch and, through it, to
+    ONNX Runtime; say so when other processes made it fewer than the cores."""
+    import torch
+
+    from hallo2rt.threads import choose_threads, usable_cores
+
+    n, why = choose_threads(args.threads)
+    torch.set_num_threads(n)
+    if args.threads is None and n < usable_cores() and not getattr(args, "quiet", False):
+        print(f"using {n} CPU thread(s): {why} (--threads N to choose)", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        _use_threads(args)
         return COMMANDS[args.command](args)
     except Hallo2rtError as exc:  # a cause the user can fix: one line (-v: the traceback too)
         if args.verbose:
@@ -352,11 +396,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return INTERNAL_EXIT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         kept = getattr(args, "keep_partial", False) and Path(args.out).is_file()
         what = f"the finished clips are in {args.out}" if kept else "no output was written"
-        print(f"hallo2rt {args.command}: interrupted; {what}", file=sys.stderr)
-        return 130
+        if args.command in ("export", "build"):
+            what = "the engines finished before it are whole; the one in progress was removed"
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"hallo2rt {args.command}: {how}; {what}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

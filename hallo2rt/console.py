@@ -20,15 +20,17 @@ def progress_printer(quiet: bool):
             f"clip {min(p.clip + 1, p.clips)}/{p.clips}  step {p.steps_done}/"
             f"{p.steps_total}  {p.fps:.2f} fps  ETA {eta}"
         )
+        if p.steps_done == 0:
+            line = f"{p.clips} clip(s) of {p.steps_total // max(p.clips, 1)} steps: preparing ..."
         if tty:
             print(
-                "\r" + line,
+                "\r" + line + "\x1b[K",  # clear the rest of a longer previous line
                 end="" if p.steps_done < p.steps_total else "\n",
                 file=sys.stderr,
                 flush=True,
             )
-        elif p.steps_done % max(p.steps_total // p.clips, 1) == 0:
-            print(line, file=sys.stderr, flush=True)
+        elif p.steps_done <= 1 or p.steps_done % max(p.steps_total // p.clips, 1) == 0:
+            print(line, file=sys.stderr, flush=True)  # the start, the first step, each clip
 
     return show
 
@@ -45,11 +47,36 @@ def build_progress(event: str, name: str, m: Manifest | None) -> None:
     )
 
 
-def export_line(name: str, m: Manifest) -> None:
-    """One exported engine: precision, size, time and its parity against PyTorch."""
+def export_progress(event: str, name: str, m: Manifest | None) -> None:
+    """``export_engines``' progress: a line when an engine starts and one when it is written."""
+    if event == "start" or m is None:
+        print(f"exporting {name} ...", file=sys.stderr, flush=True)
+        return
     check = m.parity.summary() if m.parity else "NOT checked"
     print(
-        f"{name:15s} {m.precision} {(m.onnx_bytes or 0) / 1e6:9.1f} MB  "
+        f"  {name:15s} {m.precision} {(m.onnx_bytes or 0) / 1e6:9.1f} MB  "
         f"{m.export_seconds or 0:7.1f} s  parity {check}",
         file=sys.stderr,
+        flush=True,
     )
+
+
+def frame_counter(quiet: bool, what: str = "upscaled"):
+    """``progress(done, total)`` for frame-by-frame work: a rewritten line on a terminal, else a
+    line at every tenth of the total (every 250 frames when the total is unknown)."""
+    if quiet:
+        return None
+    tty = sys.stderr.isatty()
+    shown = [-1]
+
+    def show(done: int, total: int) -> None:
+        of = f"/{total}" if total else ""
+        if tty:
+            print(f"\r{what} {done}{of} frames", end="", file=sys.stderr, flush=True)
+            return
+        mark = done * 10 // total if total else done // 250
+        if mark != shown[0]:
+            shown[0] = mark
+            print(f"{what} {done}{of} frames", file=sys.stderr, flush=True)
+
+    return show

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .engines.paths import output_folder
+
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -35,13 +37,13 @@ def demo_model(cache: Path) -> Path:
     root = cache / "demo-tiny-v3"  # bump when tiny_config() changes
     if (root / "hallo2/net.pth").is_file():
         return root
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=cache))
-    try:
-        make_random_pretrained(tmp, "tiny", seed=0, include_unused=False)
-        tmp.replace(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with output_folder(cache, "--cache"):  # a file, or unwritable: one line before any work
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=cache))
+        try:
+            make_random_pretrained(tmp, "tiny", seed=0, include_unused=False)
+            tmp.replace(root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote the tiny random demo model to %s", root)
     return root
 
@@ -57,9 +59,11 @@ def run_demo(
     """The bundled portrait animated by the bundled speech on the tiny random model, to ``out``
     (``cfg``: a ``runtime.pipeline.RunConfig`` of size ``DEMO_SIZE``)."""
     from .assemble import load_torch_session
+    from .runtime.media import check_output
     from .runtime.pipeline import generate_video
     from .runtime.portrait import parse_box
 
+    check_output(out)  # before the model is written or loaded
     root = demo_model(cache)
     session = load_torch_session(root, device, fp16, DEMO_SIZE, cfg.frames)
     embedding = np.random.default_rng(0).standard_normal(session.embedding_dim)

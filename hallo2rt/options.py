@@ -33,7 +33,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pose-weight", type=float, default=1.0, help="background/pose audio branch")
     p.add_argument("--face-weight", type=float, default=1.0, help="face audio branch")
     p.add_argument("--lip-weight", type=float, default=1.0, help="lip audio branch")
-    p.add_argument("--frames", type=int, default=16, help="frames per clip")
+    p.add_argument(
+        "--frames", type=int, help="frames per clip (default: 16, or the engines' frames)"
+    )
     p.add_argument(
         "--official-rng",
         action="store_true",
@@ -209,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=fmt)
+        p.add_argument(  # also after the subcommand, where users type it
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        )
+        p.add_argument(
+            "--threads",
+            type=int,
+            help="CPU threads for torch and ONNX Runtime (default: the cores not busy with other "
+            "processes when the command starts; on a loaded machine fewer threads are faster, as "
+            "idle threads spin waiting for cores others hold)",
+        )
         if name == "generate":
             _add_engine_sources(p)
             p.add_argument(
@@ -232,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--face-embedding",
                 type=Path,
-                help="raw 512-d ArcFace embedding saved with numpy.save (default: computed "
-                "with face_analysis/models/glintr100.onnx)",
+                help="raw ArcFace embedding saved with numpy.save (512 values for the released "
+                "model, 64 for the demo's tiny one; default: computed with "
+                "face_analysis/models/glintr100.onnx)",
             )
             p.add_argument(
                 "--lip-box",

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..engines.errors import Hallo2rtError
-from ..engines.paths import unwritable
+from ..engines.paths import folder_problem
 
 
 class MediaError(Hallo2rtError, ValueError):
@@ -42,15 +42,7 @@ def check_output(out: str | Path, **inputs: str | Path | None) -> Path:
             f"--out {out}: the output is an MP4 video; give it an .mp4 name, e.g. "
             f"{out.with_suffix('.mp4')}"
         )
-    check_writable_folder(out.parent, f"--out {out}")
+    problem = folder_problem(out.parent)
+    if problem:
+        raise MediaError(f"--out {out}: {problem}; choose a writable folder")
     return out
-
-
-def check_writable_folder(folder: Path, what: str) -> None:
-    """``MediaError`` unless ``folder`` exists and a file can be created in it (tried)."""
-    if not folder.is_dir():
-        why = "is a file" if folder.exists() else "does not exist"
-        raise MediaError(f"{what}: the folder {folder} {why}; create the folder or choose another")
-    why = unwritable(folder)
-    if why:
-        raise MediaError(f"{what}: cannot write in {folder} ({why}); choose a writable folder")
