@@ -313,6 +313,32 @@ def cmd_proof(args: argparse.Namespace) -> int:
     return ERROR_EXIT if problems else 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from hallo2rt.benchmarks.compare import compare_videos
+    from hallo2rt.engines.paths import check_file_target
+    from hallo2rt.runtime.portrait import parse_box
+
+    if args.json:
+        check_file_target(args.json, "--json")
+    mouth = parse_box(args.mouth) if args.mouth else None
+    result = compare_videos(args.reference, args.output, mouth)
+    print(result.text())
+    if args.json:
+        args.json.write_text(json.dumps(result.to_json(), indent=1) + "\n")
+    failed = []
+    if args.min_psnr is not None and not result.psnr.mean >= args.min_psnr:
+        failed.append(f"mean PSNR {result.psnr.mean:.2f} dB < --min-psnr {args.min_psnr:g}")
+    if args.min_ssim is not None and not result.ssim.mean >= args.min_ssim:
+        failed.append(f"mean SSIM {result.ssim.mean:.4f} < --min-ssim {args.min_ssim:g}")
+    if result.problems and (args.min_psnr is not None or args.min_ssim is not None):
+        failed += result.problems  # a gate also needs the same frames and audio
+    for line in failed:
+        print(f"hallo2rt compare: FAILED {line}", file=sys.stderr)
+    return ERROR_EXIT if failed else 0
+
+
 COMMANDS = {
     "generate": cmd_generate,
     "upscale": cmd_upscale,
@@ -322,6 +348,7 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "bench": cmd_bench,
     "proof": cmd_proof,
+    "compare": cmd_compare,
 }
 
 
@@ -374,7 +401,8 @@ def _use_threads(args: argparse.Namespace) -> None:
 
     n, why = choose_threads(args.threads)
     torch.set_num_threads(n)
-    if args.threads is None and n < usable_cores() and not getattr(args, "quiet", False):
+    quiet = getattr(args, "quiet", False) or args.command in ("doctor", "compare")  # short
+    if args.threads is None and n < usable_cores() and not quiet:
         print(f"using {n} CPU thread(s): {why} (--threads N to choose)", file=sys.stderr)
 
 

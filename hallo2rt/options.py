@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "demo": "run the whole pipeline on tiny random weights and bundled media (no downloads)",
     "doctor": "report what this machine can run (GPU, CUDA, TensorRT, ONNX Runtime)",
     "proof": "run every GPU check and measurement of the project in one time budget",
+    "compare": "how far one video is from another: per-frame PSNR and SSIM, mouth, audio",
 }
 
 
@@ -317,6 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
             )
         elif name == "proof":
             _add_proof_options(p)
+        elif name == "compare":
+            p.add_argument("reference", type=Path, help="the reference video (e.g. faithful)")
+            p.add_argument("output", type=Path, help="the video to measure against it")
+            p.add_argument(
+                "--mouth",
+                help="x0,y0,x1,y1 of the mouth in video pixels: PSNR and SSIM there too",
+            )
+            p.add_argument("--json", type=Path, help="write the result and per-frame values")
+            p.add_argument(
+                "--min-psnr", type=float, help="exit 1 when the mean PSNR (dB) is below this"
+            )
+            p.add_argument("--min-ssim", type=float, help="exit 1 when the mean SSIM is below")
         elif name == "demo":
             p.add_argument("--out", type=Path, default=Path("demo.mp4"), help="output .mp4")
             p.add_argument(

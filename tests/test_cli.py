@@ -15,7 +15,17 @@ def test_help_lists_every_subcommand():
     out = subprocess.run(
         [sys.executable, "-m", "hallo2rt.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    names = {"export", "build", "generate", "upscale", "bench", "demo", "doctor", "proof"}
+    names = {
+        "export",
+        "build",
+        "generate",
+        "upscale",
+        "bench",
+        "demo",
+        "doctor",
+        "proof",
+        "compare",
+    }
     for name in names:
         assert name in out
     assert set(SUBCOMMANDS) == names
