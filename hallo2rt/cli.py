@@ -29,10 +29,13 @@ INTERNAL_EXIT = 2  # an unexpected error (a bug)
 def _run_config(args: argparse.Namespace, **more):
     """The run options every generating subcommand shares, plus ``more`` of RunConfig's."""
     from hallo2rt.runtime.pipeline import RunConfig
+    from hallo2rt.runtime.sampler import PRESETS
 
+    sampler, steps = PRESETS[args.preset]
     return RunConfig(
         **more,
-        steps=args.steps,
+        steps=steps if args.steps is None else args.steps,
+        sampler=args.sampler or sampler,
         cfg_scale=args.cfg,
         seed=args.seed,
         pose_weight=args.pose_weight,

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from hallo2rt.demo import cache_dir
+from hallo2rt.runtime.sampler import PRESETS, SAMPLERS
 
 SUBCOMMANDS = {
     "export": "export every engine's graph to ONNX from a checkpoint tree",
@@ -28,7 +29,16 @@ def _add_checkpoints(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=40, help="DDIM steps")
+    p.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="faithful",
+        help="speed preset: "
+        + "; ".join(f"{k} = {s} {n} steps" for k, (s, n) in PRESETS.items())
+        + " (--sampler and --steps override its parts)",
+    )
+    p.add_argument("--sampler", choices=SAMPLERS, help="the preset's sampler unless given")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     p.add_argument("--cfg", type=float, default=3.5, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=42, help="same seed, same video")
     p.add_argument("--pose-weight", type=float, default=1.0, help="background/pose audio branch")

@@ -43,7 +43,7 @@ from .audio import (
 )
 from .media import MediaError, check_output
 from .portrait import Box, Portrait, build_portrait, load_image
-from .sampler import ddim_schedule
+from .sampler import SAMPLERS, schedule
 from .session import Session
 from .sr import SuperResolver
 from .steploop import step_loop
@@ -63,7 +63,8 @@ def _finite(*values: float) -> bool:
 class RunConfig:
     """What a user tunes per run (defaults: the official long.yaml)."""
 
-    steps: int = 40  # DDIM steps
+    steps: int = 40  # denoising steps
+    sampler: str = "ddim"  # runtime.sampler.SAMPLERS; ddim is the official sampler
     cfg_scale: float = 3.5  # classifier-free guidance scale
     seed: int = 42  # same seed, same video (on the same backend)
     pose_weight: float = 1.0  # motion_scale[0]: background/pose audio branch
@@ -84,6 +85,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         checks = (  # (option, its value, valid, the valid range in words)
             ("--steps", self.steps, 1 <= self.steps <= 1000, "1..1000"),
+            ("--sampler", self.sampler, self.sampler in SAMPLERS, " or ".join(SAMPLERS)),
             (
                 "--cfg",
                 self.cfg_scale,
@@ -273,7 +275,7 @@ def generate(
     _check_shapes(session, portrait, cfg)
     f, m, size = cfg.frames, cfg.motion_frames, portrait.pixels.shape[-1]
     const, tokens, pixels = _per_video(session, portrait, cfg)
-    loop = step_loop(session, ddim_schedule(cfg.steps), cfg.cfg_scale, cfg.cuda_graph)
+    loop = step_loop(session, schedule(cfg.sampler, cfg.steps), cfg.cfg_scale, cfg.cuda_graph)
     keep_face = portrait.face_region[0, 0].bool()  # (S, S)
     mask_gen, noise_gen = _generators(cfg)
     noise_dtype = torch.float16 if cfg.official_rng else torch.float32

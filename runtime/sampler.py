@@ -19,12 +19,20 @@ from ..engines.errors import OptionError
 
 @dataclass(frozen=True)
 class DDIMSchedule:
-    """Per-step tables for one step count (all on the CPU; move them once to the device)."""
+    """Per-step tables for one step count (all on the CPU; move them once to the device).
+
+    ``denoiser_step`` returns ``a x + b v`` (guided v). For DDIM that is the next latents. A
+    multistep sampler sets ``a, b`` so the engine returns the guided x0 prediction ``m`` and
+    gives ``mix`` (S, 3): the next latents are ``mix[:, 0] x + mix[:, 1] m + mix[:, 2] m_prev``
+    (``m_prev``: the previous step's prediction), a few element-wise ops after the engine, so
+    the same static engine serves every sampler and the loop stays one CUDA graph."""
 
     timesteps: torch.Tensor  # (S,) int64, e.g. 999, 974, ..., 24 for 40 steps
-    a: torch.Tensor  # (S,) fp32 coefficient of x_t in x_prev
-    b: torch.Tensor  # (S,) fp32 coefficient of the v-prediction in x_prev
+    a: torch.Tensor  # (S,) fp32 coefficient of x_t in the engine's output
+    b: torch.Tensor  # (S,) fp32 coefficient of the v-prediction in the engine's output
     alphas_cumprod: torch.Tensor  # (T,) fp32 training schedule after the zero-SNR rescale
+    mix: torch.Tensor | None = None  # (S, 3) fp32; None: the engine's output is x_prev
+    name: str = "ddim"
 
 
 def _zero_snr_alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
@@ -71,6 +79,69 @@ def ddim_schedule(
         a=sa_p * sa_t + s1_p * s1_t,
         b=s1_p * sa_t - sa_p * s1_t,
         alphas_cumprod=abar,
+    )
+
+
+SAMPLERS = ("ddim", "dpmpp-2m")
+
+# Speed presets: named (sampler, steps). "faithful" is the official sampler and stays the
+# default; the others trade steps for speed with a second-order solver, training-free. Their
+# step counts meet the FLOP targets per generated frame (README, "Speed presets"); what they
+# cost in quality is unknown until measured with the real weights (hallo2rt compare).
+PRESETS = {
+    "faithful": ("ddim", 40),
+    "fast": ("dpmpp-2m", 9),
+    "turbo": ("dpmpp-2m", 4),
+}
+
+
+def schedule(sampler: str, steps: int) -> DDIMSchedule:
+    """The step tables of ``sampler`` (``SAMPLERS``) for ``steps`` steps."""
+    if sampler == "ddim":
+        return ddim_schedule(steps)
+    if sampler == "dpmpp-2m":
+        return dpmpp_2m_schedule(steps)
+    raise OptionError(f"--sampler {sampler}: must be one of {', '.join(SAMPLERS)}")
+
+
+def dpmpp_2m_schedule(steps: int = 20, train_steps: int = 1000) -> DDIMSchedule:
+    """DPM-Solver++ (2M, midpoint), as diffusers' ``DPMSolverMultistepScheduler`` runs it when
+    configured like Hallo2's scheduler: linear betas rescaled to zero terminal SNR (then
+    alpha_cumprod at t = T is set to 2**-24 so that the first sigma is finite), v-prediction,
+    trailing spacing, final sigma 0. The first and the last step are first order (the last one
+    lands on sigma 0: ``lower_order_final``), the others second order.
+
+    With alpha_s = sqrt(abar_s), sigma_s = sqrt(1 - abar_s), lambda = log(alpha / sigma) and
+    h = lambda_t - lambda_s: x0 prediction m = alpha_s x - sigma_s v (the engine's output);
+    x_t = (sigma_t / sigma_s) x + k (1 + 1 / (2 r)) m - k / (2 r) m_prev with
+    k = alpha_t (1 - exp(-h)) and r = h_prev / h (first order: x_t = (sigma_t / sigma_s) x + k m).
+    """
+    base = ddim_schedule(steps, train_steps)
+    abar = base.alphas_cumprod.clone()
+    abar[-1] = 2.0**-24
+    # as diffusers: sigma = sqrt((1 - abar) / abar) and back to alpha, sigma, all in fp32
+    sig = (((1 - abar) / abar) ** 0.5)[base.timesteps]
+    sig = torch.cat([sig, torch.zeros(1)])  # the final sigma: zero
+    alpha = 1 / (sig**2 + 1).sqrt()
+    sigma = sig * alpha
+    lam = torch.log(alpha) - torch.log(sigma)  # +inf at the final sigma 0
+    mix = torch.zeros(steps, 3)
+    for i in range(steps):
+        h = lam[i + 1] - lam[i]
+        k = alpha[i + 1] * (1 - torch.exp(-h))  # exp(-inf) = 0 on the last step
+        mix[i, 0] = sigma[i + 1] / sigma[i]
+        if i == 0 or i == steps - 1:  # first order
+            mix[i, 1] = k
+        else:
+            r = (lam[i] - lam[i - 1]) / h
+            mix[i, 1], mix[i, 2] = k * (1 + 0.5 / r), -k * 0.5 / r
+    return DDIMSchedule(
+        timesteps=base.timesteps,
+        a=alpha[:-1].clone(),
+        b=-sigma[:-1].clone(),
+        alphas_cumprod=abar,
+        mix=mix,
+        name="dpmpp-2m",
     )
 
 

@@ -1,10 +1,12 @@
 """The per-clip step loop on the ``denoiser_step`` engine: eager launches, or one CUDA graph.
 
-Per step only ``denoiser_step`` runs. Its inputs live in buffers the loop owns, allocated once
-per session in the engine's dtypes and 256-byte aligned (TensorRT's documented requirement for
-``set_tensor_address``; a row view of a table would sit at 8 * i bytes): one buffer per step for
-the time step and the DDIM coefficients, one per conditioning input (a clip's conditioning is
-copied in) and one for the latents, which each step overwrites. So the loop never synchronises
+Per step only ``denoiser_step`` runs (and, for a multistep sampler, three element-wise ops that
+mix its output with the latents and the previous step's output). Its inputs live in buffers
+the loop owns, allocated once per session in the engine's dtypes and 256-byte aligned
+(TensorRT's documented requirement for ``set_tensor_address``; a row view of a table would sit
+at 8 * i bytes): one buffer per step for the time step and the DDIM coefficients, one per
+conditioning input (a clip's conditioning is copied in) and one for the latents, which each step
+overwrites. So the loop never synchronises
 with the host and every call sees the same addresses.
 
 On a GPU with a backend whose launches can be captured (TensorRT, torch) and a static-shape
@@ -55,7 +57,7 @@ def _aligned_copy(value: torch.Tensor, dtype: torch.dtype, device: torch.device)
 def step_loop(session: Session, schedule: DDIMSchedule, cfg_scale: float, cuda_graph: bool = True):
     """The session's loop for these settings: made once per session, so that a CUDA graph is
     captured once and reused by every later ``generate`` (and by timed benchmark runs)."""
-    key = ("step_loop", tuple(schedule.timesteps.tolist()), cfg_scale, cuda_graph)
+    key = ("step_loop", schedule.name, tuple(schedule.timesteps.tolist()), cfg_scale, cuda_graph)
     return session.cached(key, lambda: StepLoop(session, schedule, cfg_scale, cuda_graph))
 
 
@@ -79,13 +81,21 @@ class StepLoop:
         self.timesteps = [  # (1,) int64 each, one allocation per step
             _aligned_copy(t.reshape(1), dtypes["timestep"], dev) for t in schedule.timesteps
         ]
-        self.coefs = [  # (2,) each: x_prev = a x + b v
+        self.coefs = [  # (2,) each: the engine returns a x + b v
             _aligned_copy(torch.stack([a, b]), dtypes["coef"], dev)
             for a, b in zip(schedule.a, schedule.b, strict=True)
         ]
+        # multistep samplers: x_next = mix[0] x + mix[1] m + mix[2] m_prev after the engine
+        # (sampler.DDIMSchedule); fp32 rows on the device, so the loop stays capturable
+        self.mix = (
+            None
+            if schedule.mix is None
+            else [_aligned_copy(row, torch.float32, dev) for row in schedule.mix]
+        )
         self.cfg = _aligned_copy(torch.tensor([cfg_scale]), dtypes["cfg_scale"], dev)
         latents = next(t for t in self.engine.spec.inputs if t.name == "latents")
         self._x = aligned_empty(latents.shape({}), dtypes["latents"], dev)
+        self._m = torch.zeros_like(self._x)  # the previous step's x0 prediction (multistep)
         self._static: dict[str, torch.Tensor] = {}
         self._graph: torch.cuda.CUDAGraph | None = None
         self.mode = self._initial_mode(cuda_graph)
@@ -114,8 +124,14 @@ class StepLoop:
         }
 
     def _step(self, i: int) -> None:
-        out = self.session.run("denoiser_step", **self.feeds(i))
-        self._x.copy_(out["next_latents"])  # the engine reuses its output buffer
+        out = self.session.run("denoiser_step", **self.feeds(i))["next_latents"]
+        if self.mix is None:
+            self._x.copy_(out)  # the engine reuses its output buffer
+            return
+        c = self.mix[i]
+        x = c[0] * self._x.float() + c[1] * out.float() + c[2] * self._m.float()
+        self._m.copy_(out)
+        self._x.copy_(x)
 
     def _load(self, const: dict[str, torch.Tensor], noise: torch.Tensor) -> None:
         """Copy a clip's conditioning and noise into the loop's buffers (allocated once)."""
@@ -127,6 +143,7 @@ class StepLoop:
         for name, value in const.items():
             self._static[name].copy_(value)
         self._x.copy_(noise)
+        self._m.zero_()  # unused by a first step, but never uninitialised memory (0 * nan)
 
     def __call__(
         self,
@@ -187,3 +204,4 @@ class StepLoop:
         finally:
             main.wait_stream(side)
             self._x.copy_(x0)  # the warm-up step moved the latents; captured steps did not run
+            self._m.zero_()

@@ -204,3 +204,61 @@ def test_cuda_graph_loop_equals_eager_steps(tiny, tiny_onnx):
         # the graph really ran: no silent fall back to per-step launches
         assert step_loop(session, ddim_schedule(3), cfg.cfg_scale).mode == "cuda-graph"
     assert all(_psnr(a, b).min() >= 40 for a, b in zip(eager, graph, strict=True))
+
+
+def test_the_dpmpp_loop_on_the_engine_equals_diffusers_driven_by_the_same_engine(ort_dir):
+    """--sampler dpmpp-2m on the tiny ORT denoiser: the loop (engine returns the guided x0
+    prediction, three element-wise ops mix it) ends where diffusers' DPM-Solver++(2M) ends
+    when it is fed the same engine's guided v (coef 0, 1) at every step."""
+    diffusers = pytest.importorskip("diffusers")
+    from hallo2rt.engines.bank import LOOP_INPUTS
+    from hallo2rt.engines.spec import random_feed
+    from hallo2rt.runtime.sampler import dpmpp_2m_schedule
+
+    from .test_sampler import DPM
+
+    with Session.open(ort_dir) as session:
+        spec = session.spec("denoiser_step")
+        feed = random_feed(spec, spec.sizes("opt"), seed=3)
+        const = {k: v for k, v in feed.items() if k not in LOOP_INPUTS}
+        noise = torch.randn(feed["latents"].shape, generator=torch.Generator().manual_seed(0))
+        sched = dpmpp_2m_schedule(5)
+        got = StepLoop(session, sched, 3.5)(const, noise)
+        ref = diffusers.DPMSolverMultistepScheduler(**DPM)
+        ref.set_timesteps(5)
+        x = noise.clone()
+        for t in ref.timesteps:
+            v = session.run(
+                "denoiser_step",
+                **const,
+                latents=x,
+                timestep=t.reshape(1),
+                coef=torch.tensor([0.0, 1.0]),
+                cfg_scale=torch.tensor([3.5]),
+            )["next_latents"].clone()
+            x = ref.step(v, t, x).prev_sample
+    assert torch.isfinite(got).all() and not torch.equal(got, noise)
+    torch.testing.assert_close(got, x, rtol=1e-4, atol=1e-4)
+
+
+def test_presets_and_sampler_reach_the_run(ort_dir, tmp_path, capsys):
+    """generate --preset fast runs the DPM-Solver++ loop with fewer steps; explicit knobs
+    override the preset's; the default stays the faithful DDIM 40-step run."""
+    from hallo2rt.cli import _run_config
+    from hallo2rt.options import build_parser
+
+    def cfg(*extra):
+        args = build_parser().parse_args(["demo", *extra])
+        return _run_config(args, size=64)
+
+    assert (cfg().sampler, cfg().steps) == ("ddim", 40)
+    assert (cfg("--preset", "fast").sampler, cfg("--preset", "fast").steps) == ("dpmpp-2m", 9)
+    assert cfg("--preset", "turbo", "--steps", "6").steps == 6
+    assert cfg("--preset", "fast", "--sampler", "ddim").sampler == "ddim"
+    write_audio(tmp_path / "a.wav", 0.4, rate=16000)
+    argv = _argv(ort_dir, tmp_path, tmp_path / "a.wav", tmp_path / "f.mp4", "--preset", "turbo")
+    argv.remove("--steps")
+    argv.remove("2")
+    assert main(argv) == 0
+    with av.open(str(tmp_path / "f.mp4")) as c:
+        assert c.streams.video[0].frames == 10
