@@ -60,7 +60,8 @@ STAGES = {  # engine -> stage of the breakdown
 class BenchConfig:
     """What one benchmark run measures (recorded in every JSON line)."""
 
-    steps: int = 40  # DDIM steps per clip
+    steps: int = 40  # denoising steps per clip
+    sampler: str = "ddim"  # runtime.sampler.SAMPLERS (a --preset sets it with the steps)
     clips: int = 2  # clips in the end-to-end and baseline runs
     repeats: int = 10  # timed calls per engine
     warmup: int = 2  # untimed calls per engine first
@@ -77,6 +78,11 @@ class BenchConfig:
                 raise OptionError(f"BenchConfig.{name} = {getattr(self, name)} must be >= 1")
         if self.warmup < 0:
             raise OptionError(f"BenchConfig.warmup = {self.warmup} must be >= 0")
+        if self.baseline and self.sampler != "ddim":
+            raise OptionError(
+                f"--baseline official runs the official DDIM loop; --sampler {self.sampler} "
+                "would be compared with another sampler: bench a preset without --baseline"
+            )
 
 
 def _sync(device: torch.device) -> None:
@@ -182,7 +188,9 @@ def generation_only(session: Session, cfg: BenchConfig) -> dict[str, float]:
     """Clips from ``generate`` to host frames: the scope the baseline is compared in."""
     from hallo2rt.runtime.pipeline import RunConfig, generate
 
-    run = RunConfig(steps=cfg.steps, frames=session.frames, cuda_graph=cfg.cuda_graph)
+    run = RunConfig(
+        steps=cfg.steps, sampler=cfg.sampler, frames=session.frames, cuda_graph=cfg.cuda_graph
+    )
     portrait = _portrait(session.size, session.embedding_dim)
 
     def clips(feats):
@@ -290,7 +298,11 @@ def end_to_end(session: Session, cfg: BenchConfig, workdir: Path) -> dict[str, f
         parse_box(DEMO_FACE_BOX),
         np.random.default_rng(0).standard_normal(session.embedding_dim),
         RunConfig(
-            steps=cfg.steps, frames=session.frames, size=session.size, cuda_graph=cfg.cuda_graph
+            steps=cfg.steps,
+            sampler=cfg.sampler,
+            frames=session.frames,
+            size=session.size,
+            cuda_graph=cfg.cuda_graph,
         ),
         lip_box=parse_box(DEMO_LIP_BOX),
         progress=progress,
@@ -517,7 +529,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
             f"super-resolution only, {', '.join(f'{k}: {v}' for k, v in env['engines'].items())}."
             if cfg.get("sr_only")
             else f"{env['shapes']['size']} px, {env['shapes']['frames']} frames per clip, "
-            f"{cfg['steps']} steps, {cfg['clips']} clips."
+            f"{cfg.get('sampler', 'ddim')} {cfg['steps']} steps, {cfg['clips']} clips."
         ),
     ]
     if not cfg.get("sr_only"):

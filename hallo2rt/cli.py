@@ -29,13 +29,12 @@ INTERNAL_EXIT = 2  # an unexpected error (a bug)
 def _run_config(args: argparse.Namespace, **more):
     """The run options every generating subcommand shares, plus ``more`` of RunConfig's."""
     from hallo2rt.runtime.pipeline import RunConfig
-    from hallo2rt.runtime.sampler import PRESETS
 
-    sampler, steps = PRESETS[args.preset]
+    sampler, steps = _sampling(args)
     return RunConfig(
         **more,
-        steps=steps if args.steps is None else args.steps,
-        sampler=args.sampler or sampler,
+        steps=steps,
+        sampler=sampler,
         cfg_scale=args.cfg,
         seed=args.seed,
         pose_weight=args.pose_weight,
@@ -44,6 +43,14 @@ def _run_config(args: argparse.Namespace, **more):
         frames=args.frames or 16,  # generate: the engines' frames once they open
         official_rng=args.official_rng,
     )
+
+
+def _sampling(args: argparse.Namespace) -> tuple[str, int]:
+    """(sampler, steps): --preset's, each overridden by --sampler / --steps when given."""
+    from hallo2rt.runtime.sampler import PRESETS
+
+    sampler, steps = PRESETS[args.preset]
+    return args.sampler or sampler, steps if args.steps is None else args.steps
 
 
 def _vocal_separator(args: argparse.Namespace):
@@ -236,8 +243,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_json_lines,
     )
 
+    sampler, steps = _sampling(args)
     cfg = BenchConfig(
-        steps=args.steps,
+        steps=steps,
+        sampler=sampler,
         clips=args.clips,
         repeats=args.repeats,
         warmup=args.warmup,

@@ -28,7 +28,7 @@ def _add_checkpoints(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_preset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         choices=tuple(PRESETS),
@@ -39,6 +39,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sampler", choices=SAMPLERS, help="the preset's sampler unless given")
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_preset_options(p)
     p.add_argument("--cfg", type=float, default=3.5, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=42, help="same seed, same video")
     p.add_argument("--pose-weight", type=float, default=1.0, help="background/pose audio branch")
@@ -159,7 +163,7 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (not with --engines)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="not with --engines")
-    p.add_argument("--steps", type=int, default=40, help="DDIM steps per clip")
+    _add_preset_options(p)
     p.add_argument("--frames", type=int, default=16, help="frames per clip (PyTorch paths)")
     p.add_argument("--size", type=int, default=512, help="image side (PyTorch paths)")
     p.add_argument("--clips", type=int, default=2, help="clips in the end-to-end runs")
