@@ -202,6 +202,12 @@ CASES = [
     ),
     # --- generate: options ----------------------------------------------------------------
     Case("size-0", lambda w, t: generate(w, _out(t), "--size", "0"), 1, ("--size 0",)),
+    Case(
+        "engines-of-another-size",
+        lambda w, t: generate(w, _out(t), "--size", "64"),  # the tiny engines are 128 px
+        1,
+        ("does not fit the engines", "64 px (the engines take 128)", "hallo2rt export --size"),
+    ),
     Case("cfg-inf", lambda w, t: generate(w, _out(t), "--cfg", "inf"), 1, ("--cfg",)),
     Case(
         "frames-1",
@@ -267,6 +273,20 @@ CASES = [
         1,
         ("could not be opened as a video",),
         never=("--size 0", "0x0"),
+    ),
+    Case(
+        "export-out-unwritable",
+        lambda w, t: [
+            "export",
+            "--checkpoints",
+            str(w["ckpt"]),
+            "--out",
+            "/proc/hallo2rt-x",
+            "--only",
+            "image_proj",
+        ],  # fmt: skip
+        1,
+        ("--out /proc/hallo2rt-x", "cannot be created"),
     ),
     Case(
         "export-out-is-a-file",
@@ -437,6 +457,30 @@ def test_bad_input_gets_one_clear_line_and_leaves_nothing(case, world, tmp_path,
 
 def _walk(root: Path) -> list[Path]:
     return [Path(d) / n for d, dirs, files in os.walk(root) for n in dirs + files]
+
+
+def test_ctrl_c_during_an_export_keeps_finished_engines_whole_and_nothing_else(
+    world, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C while the second engine is exported: exit 130, the first engine complete, no
+    .partial folder of the second."""
+    import hallo2rt.export.onnx as onnx_mod
+
+    real, calls = onnx_mod.export_engine, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_mod, "export_engine", interrupted)
+    out = tmp_path / "x"
+    argv = ["export", "--checkpoints", str(world["ckpt"]), "--out", str(out)]
+    assert main([*argv, "--only", "image_proj,face_locator"]) == 130
+    assert "interrupted; the engines finished before it are whole" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["image_proj"]
+    assert (out / "image_proj" / "manifest.json").is_file()
 
 
 def test_short_audio_works(world, tmp_path, capsys):
