@@ -40,7 +40,7 @@ def _run_config(args: argparse.Namespace, **more):
         pose_weight=args.pose_weight,
         face_weight=args.face_weight,
         lip_weight=args.lip_weight,
-        frames=args.frames or 16,  # generate: the engines' frames once they open
+        frames=16 if args.frames is None else args.frames,  # generate: then the engines' own
         official_rng=args.official_rng,
     )
 
@@ -80,7 +80,7 @@ def _session(args: argparse.Namespace, generation: bool = True, upscale: bool = 
         device=None if args.device == "auto" else args.device,
         dtype=args.dtype,
         size=getattr(args, "size", None),
-        frames=getattr(args, "frames", None) or 16,
+        frames=16 if getattr(args, "frames", None) is None else args.frames,
         generation=generation,
         upscale=upscale,
     )

@@ -216,6 +216,7 @@ CASES = [
         ("--frames 1",),
         never=("bad feed",),
     ),
+    Case("frames-0", lambda w, t: generate(w, _out(t), "--frames", "0"), 1, ("--frames 0",)),
     Case("threads-0", lambda w, t: generate(w, _out(t), "--threads", "0"), 1, ("--threads 0",)),
     Case(
         "cuda-on-cpu-engines",
