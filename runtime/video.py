@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
+import secrets
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,19 @@ from .media import MediaError
 log = logging.getLogger(__name__)
 
 AUDIO_CHUNK = 1024  # AAC frame size
+
+
+def _own_partial(path: Path) -> Path:
+    """A new, empty ``.<name>.<random>.partial`` beside ``path``, created exclusively (no other
+    run has it) with the umask's permissions (mkstemp's 0600 would make the finished video
+    private)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 class VideoWriter:
@@ -58,11 +71,7 @@ class VideoWriter:
         self.fps, self.max_frames, self.frames_written = fps, max_frames, 0
         self._container: Any = None
         with self._writing():
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent
-            )
-            os.close(fd)
-            self.tmp = Path(tmp)
+            self.tmp = _own_partial(self.path)
             self._container = av.open(str(self.tmp), "w", format="mp4")
         self._video = self._container.add_stream("libx264", rate=fps)
         self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
@@ -225,8 +234,9 @@ class ClipWriter:
     """Converts and encodes clips on a worker thread while the caller makes the next one.
 
     ``put`` blocks when ``depth`` clips are waiting, so memory stays bounded; an error in the
-    worker is raised in the caller at the next ``put`` or at ``close``. ``close`` finishes the
-    file (everything put is written); ``abort`` drops what is queued and removes the file.
+    worker is raised in the caller at the next ``put`` (the partial file removed) or at
+    ``close``. ``close`` finishes the file (everything put is written); ``abort`` drops what is
+    queued and removes the file.
     """
 
     _STOP = object()
@@ -259,6 +269,7 @@ class ClipWriter:
         """Queue one clip's decoded pixels (N, 3, H, W) in [-1, 1], or finished (N, H, W, 3)
         uint8 frames (not modified afterwards)."""
         if self._error is not None:
+            self.abort()  # nothing half-written stays behind, whatever the caller does next
             raise self._error
         if ready is None and pixels.device.type == "cuda":
             # the worker copies on its own stream: it must wait for the kernels that made
@@ -271,6 +282,8 @@ class ClipWriter:
         self.clips_put += 1
 
     def _join(self) -> None:
+        if not self._thread.is_alive():  # joined already (an abort after an error)
+            return
         self._queue.put(self._STOP)
         self._thread.join()
 

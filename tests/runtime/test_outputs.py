@@ -140,3 +140,6 @@ def test_two_writers_of_one_out_never_mix(tmp_path):
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 9 and all(abs(float(f.mean()) - 230) < 3 for f in frames)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same.mp4"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file, not mkstemp's 0600
