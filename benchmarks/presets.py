@@ -53,39 +53,22 @@ def costs() -> list[dict]:
 
 def measure(out: Path, cache: Path, log=print) -> list[dict]:
     """Render the demo with every preset on one tiny-model session; time and compare each."""
-    import dataclasses
-
-    import numpy as np
-
     from ..assemble import load_torch_session
-    from ..demo import DEMO_FACE_BOX, DEMO_LIP_BOX, DEMO_SIZE, PORTRAIT, SPEECH, demo_model
-    from ..runtime.pipeline import RunConfig, generate_video
-    from ..runtime.portrait import parse_box
+    from ..demo import DEMO_SIZE, demo_model, demo_video
+    from ..runtime.pipeline import RunConfig
     from ..runtime.sampler import PRESETS
     from .compare import compare_videos
 
-    root = demo_model(cache)
-    session = load_torch_session(root, "cpu", False, DEMO_SIZE, 16)
-    embedding = np.random.default_rng(0).standard_normal(session.embedding_dim)
+    session = load_torch_session(demo_model(cache), "cpu", False, DEMO_SIZE, 16)
     rows = {r["preset"]: r for r in costs()}
     videos = {}
     with session:
         for name, (sampler, steps) in PRESETS.items():
-            cfg = dataclasses.replace(RunConfig(size=DEMO_SIZE), sampler=sampler, steps=steps)
-            video = out / f"{name}.mp4"
+            cfg = RunConfig(size=DEMO_SIZE, sampler=sampler, steps=steps)
+            videos[name] = out / f"{name}.mp4"
             start = time.perf_counter()
-            generate_video(
-                session,
-                PORTRAIT,
-                SPEECH,
-                video,
-                parse_box(DEMO_FACE_BOX),
-                embedding,
-                cfg,
-                lip_box=parse_box(DEMO_LIP_BOX),
-            )
+            demo_video(session, videos[name], cfg)
             rows[name]["seconds"] = round(time.perf_counter() - start, 2)
-            videos[name] = video
             log(f"{name}: {rows[name]['seconds']} s")
     base = rows["faithful"]["seconds"]
     for name, row in rows.items():

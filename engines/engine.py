@@ -175,14 +175,18 @@ def _identity(files: list[Path]) -> list[list]:
     return out
 
 
+def _note(directory: Path, manifest: Manifest) -> dict[str, Any]:
+    """The recorded hash and the present identity of the artifact's files."""
+    files = [f for f in artifact_files(directory, manifest) if f.is_file()]
+    return {"sha256": manifest.artifact_sha256, "files": _identity(files)}
+
+
 def record_verified(directory: Path, manifest: Manifest) -> None:
     """Note that the artifact in ``directory`` matches its recorded hash now (after a build or
     a full check), so that the next open can skip hashing gigabytes while the files are
     untouched. A read-only engine folder keeps no note: it is hashed at every open."""
-    files = [f for f in artifact_files(directory, manifest) if f.is_file()]
-    note = {"sha256": manifest.artifact_sha256, "files": _identity(files)}
     try:
-        (Path(directory) / VERIFIED).write_text(json.dumps(note))
+        (Path(directory) / VERIFIED).write_text(json.dumps(_note(directory, manifest)))
     except OSError:
         log.debug("could not write %s in %s", VERIFIED, directory, exc_info=True)
 
@@ -194,10 +198,8 @@ def check_artifact(directory: Path, manifest: Manifest) -> Path | None:
     path = artifact_path(directory, manifest)
     if path is None or manifest.artifact_sha256 is None:
         return path
-    files = [f for f in artifact_files(directory, manifest) if f.is_file()]
     try:
-        note = json.loads((Path(directory) / VERIFIED).read_text())
-        if note == {"sha256": manifest.artifact_sha256, "files": _identity(files)}:
+        if json.loads((Path(directory) / VERIFIED).read_text()) == _note(directory, manifest):
             return path
     except (OSError, ValueError):
         pass

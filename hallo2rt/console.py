@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 
 from hallo2rt.engines.manifest import Manifest
 
@@ -35,30 +36,32 @@ def progress_printer(quiet: bool):
     return show
 
 
-def build_progress(event: str, name: str, m: Manifest | None) -> None:
-    """``build_engines``' progress: a line when an engine starts and one when it is built."""
-    if event == "start" or m is None:
-        print(f"building {name} ...", file=sys.stderr, flush=True)
-        return
-    check = m.parity.summary() if m.parity else "NOT checked"
-    print(
-        f"  {name:15s} {m.backend} {m.precision} {m.total_seconds:7.1f} s  vs ONNX: {check}",
-        file=sys.stderr,
-    )
+def _engine_progress(verb: str, summary: Callable[[Manifest], str]):
+    """A per-engine progress callback ``(event, name, manifest)`` of export and build: a line
+    when an engine starts (``verb``) and one with ``summary(manifest)`` when it is done."""
+
+    def show(event: str, name: str, m: Manifest | None) -> None:
+        if event == "start" or m is None:
+            print(f"{verb} {name} ...", file=sys.stderr, flush=True)
+            return
+        check = m.parity.summary() if m.parity else "NOT checked"
+        print(f"  {name:15s} {summary(m)}{check}", file=sys.stderr, flush=True)
+
+    return show
 
 
-def export_progress(event: str, name: str, m: Manifest | None) -> None:
-    """``export_engines``' progress: a line when an engine starts and one when it is written."""
-    if event == "start" or m is None:
-        print(f"exporting {name} ...", file=sys.stderr, flush=True)
-        return
-    check = m.parity.summary() if m.parity else "NOT checked"
-    print(
-        f"  {name:15s} {m.precision} {(m.onnx_bytes or 0) / 1e6:9.1f} MB  "
-        f"{m.export_seconds or 0:7.1f} s  parity {check}",
-        file=sys.stderr,
-        flush=True,
-    )
+# ``build_engines``' progress: backend, precision, time and the check against the ONNX graph
+build_progress = _engine_progress(
+    "building", lambda m: f"{m.backend} {m.precision} {m.total_seconds:7.1f} s  vs ONNX: "
+)
+# ``export_engines``' progress: precision, size, time and the parity against PyTorch
+export_progress = _engine_progress(
+    "exporting",
+    lambda m: (
+        f"{m.precision} {(m.onnx_bytes or 0) / 1e6:9.1f} MB  "
+        f"{m.export_seconds or 0:7.1f} s  parity "
+    ),
+)
 
 
 def frame_counter(quiet: bool, what: str = "upscaled"):

@@ -60,22 +60,28 @@ def run_demo(
     (``cfg``: a ``runtime.pipeline.RunConfig`` of size ``DEMO_SIZE``)."""
     from .assemble import load_torch_session
     from .runtime.media import check_output
-    from .runtime.pipeline import generate_video
-    from .runtime.portrait import parse_box
 
     check_output(out)  # before the model is written or loaded
     root = demo_model(cache)
     session = load_torch_session(root, device, fp16, DEMO_SIZE, cfg.frames)
-    embedding = np.random.default_rng(0).standard_normal(session.embedding_dim)
     with session:
-        return generate_video(
-            session,
-            PORTRAIT,
-            SPEECH,
-            out,
-            parse_box(DEMO_FACE_BOX),
-            embedding,
-            cfg,
-            lip_box=parse_box(DEMO_LIP_BOX),
-            progress=progress,
-        )
+        return demo_video(session, out, cfg, progress)
+
+
+def demo_video(session, out: Path, cfg, progress: Callable | None = None) -> Path:
+    """The demo's inputs (portrait, speech, face and lip boxes, a seeded embedding) through
+    ``generate_video`` on an open ``session``."""
+    from .runtime.pipeline import generate_video
+    from .runtime.portrait import parse_box
+
+    return generate_video(
+        session,
+        PORTRAIT,
+        SPEECH,
+        out,
+        parse_box(DEMO_FACE_BOX),
+        np.random.default_rng(0).standard_normal(session.embedding_dim),
+        cfg,
+        lip_box=parse_box(DEMO_LIP_BOX),
+        progress=progress,
+    )

@@ -69,6 +69,22 @@ def generate(w, out, *extra, engines=None, audio="a.wav", image="p.jpg", emb="em
     ]
 
 
+def export(w, out, *extra, checkpoints=None):
+    """`hallo2rt export` of the tiny tree (or ``checkpoints``) into ``out``."""
+    return ["export", "--checkpoints", str(checkpoints or w["ckpt"]), "--out", str(out), *extra]
+
+
+def build(w, out, *extra):
+    """`hallo2rt build` of the tiny exports into ``out`` with ONNX Runtime."""
+    backend = ["--backend", "onnxruntime"]
+    return ["build", "--onnx", str(w["onnx"]), "--out", str(out), *backend, *extra]
+
+
+def upscale(w, src, out):
+    """`hallo2rt upscale` with the tiny tree's modules (the video is read before any weights)."""
+    return ["upscale", "--checkpoints", str(w["ckpt"]), "--in", str(src), "--out", str(out)]
+
+
 def copy_engines(w, tmp: Path) -> Path:
     shutil.copytree(w["eng"], tmp / "eng")
     return tmp / "eng"
@@ -247,165 +263,79 @@ CASES = [
     # --- upscale, export, build, bench, doctor, demo -----------------------------------------
     Case(
         "upscale-in-is-out",
-        lambda w, t: [
-            "upscale",
-            "--checkpoints",
-            str(w["ckpt"]),
-            "--in",
-            str(_out(t)),
-            "--out",
-            str(_out(t)),
-        ],  # fmt: skip
+        lambda w, t: upscale(w, _out(t), _out(t)),
         1,
         ("is the input file",),
         absent=(),
     ),
     Case(
         "upscale-a-text-file",
-        lambda w, t: [
-            "upscale",
-            "--checkpoints",
-            str(w["ckpt"]),
-            "--in",
-            str(w["dir"] / "text.txt"),
-            "--out",
-            str(_out(t)),
-        ],  # fmt: skip
+        lambda w, t: upscale(w, w["dir"] / "text.txt", _out(t)),
         1,
         ("could not be opened as a video",),
         never=("--size 0", "0x0"),
     ),
     Case(
         "export-out-unwritable",
-        lambda w, t: [
-            "export",
-            "--checkpoints",
-            str(w["ckpt"]),
-            "--out",
-            "/proc/hallo2rt-x",
-            "--only",
-            "image_proj",
-        ],  # fmt: skip
+        lambda w, t: export(w, "/proc/hallo2rt-x", "--only", "image_proj"),
         1,
         ("--out /proc/hallo2rt-x", "cannot be created"),
     ),
     Case(
         "export-out-is-a-file",
-        lambda w, t: [
-            "export",
-            "--checkpoints",
-            str(w["ckpt"]),
-            "--out",
-            str(w["dir"] / "text.txt"),
-            "--only",
-            "image_proj",
-        ],  # fmt: skip
+        lambda w, t: export(w, w["dir"] / "text.txt", "--only", "image_proj"),
         1,
         ("is a file", "give a folder"),
     ),
     Case(
         "export-size-negative",
-        lambda w, t: [
-            "export",
-            "--checkpoints",
-            str(w["ckpt"]),
-            "--out",
-            str(t / "x"),
-            "--size",
-            "-64",
-        ],  # fmt: skip
+        lambda w, t: export(w, t / "x", "--size", "-64"),
         1,
         ("--size -64",),
         absent=("x",),
     ),
     Case(
         "export-frames-0",
-        lambda w, t: [
-            "export",
-            "--checkpoints",
-            str(w["ckpt"]),
-            "--out",
-            str(t / "x"),
-            "--frames",
-            "0",
-        ],  # fmt: skip
+        lambda w, t: export(w, t / "x", "--frames", "0"),
         1,
         ("--frames 0",),
         absent=("x",),
     ),
     Case(
         "export-over-built-engines",
-        lambda w, t: [
-            "export",
-            "--checkpoints",
-            str(w["ckpt"]),
-            "--out",
-            str(copy_engines(w, t)),
-            "--only",
-            "image_proj",
-        ],  # fmt: skip
+        lambda w, t: export(w, copy_engines(w, t), "--only", "image_proj"),
         1,
         ("holds built engines", "image_proj", "export into another folder"),
         absent=(),
     ),
     Case(
         "export-truncated-checkpoint",
-        lambda w, t: [
-            "export",
-            "--checkpoints",
-            str(bad_checkpoints("truncated")(w, t)),
-            "--out",
-            str(t / "x"),
-            "--only",
-            "image_proj",
-        ],  # fmt: skip
+        lambda w, t: export(
+            w, t / "x", "--only", "image_proj", checkpoints=bad_checkpoints("truncated")(w, t)
+        ),
         1,
         ("net.pth", "corrupt"),
         absent=("x",),
     ),
     Case(
         "export-pickled-code",
-        lambda w, t: [
-            "export",
-            "--checkpoints",
-            str(bad_checkpoints("evil")(w, t)),
-            "--out",
-            str(t / "x"),
-            "--only",
-            "image_proj",
-        ],  # fmt: skip
+        lambda w, t: export(
+            w, t / "x", "--only", "image_proj", checkpoints=bad_checkpoints("evil")(w, t)
+        ),
         1,
         ("net.pth", "could not be read"),
         absent=("x", "PWNED"),
     ),
     Case(
         "build-out-is-the-exports",
-        lambda w, t: [
-            "build",
-            "--onnx",
-            str(w["onnx"]),
-            "--out",
-            str(w["onnx"]),
-            "--backend",
-            "onnxruntime",
-        ],  # fmt: skip
+        lambda w, t: build(w, w["onnx"]),
         1,
         ("is the --onnx folder",),
         absent=(),
     ),
     Case(
         "build-out-is-a-file",
-        lambda w, t: [
-            "build",
-            "--onnx",
-            str(w["onnx"]),
-            "--out",
-            str(w["dir"] / "text.txt"),
-            "--backend",
-            "onnxruntime",
-            "--only",
-            "image_proj",
-        ],  # fmt: skip
+        lambda w, t: build(w, w["dir"] / "text.txt", "--only", "image_proj"),
         1,
         ("is a file", "give a folder"),
         absent=(),
@@ -422,7 +352,7 @@ CASES = [
             "1",
             "--json",
             str(t / "missing" / "b.jsonl"),
-        ],  # fmt: skip
+        ],
         1,
         ("--json", "missing", "does not exist"),
         absent=("missing",),
@@ -477,8 +407,7 @@ def test_ctrl_c_during_an_export_keeps_finished_engines_whole_and_nothing_else(
 
     monkeypatch.setattr(onnx_mod, "export_engine", interrupted)
     out = tmp_path / "x"
-    argv = ["export", "--checkpoints", str(world["ckpt"]), "--out", str(out)]
-    assert main([*argv, "--only", "image_proj,face_locator"]) == 130
+    assert main(export(world, out, "--only", "image_proj,face_locator")) == 130
     assert "interrupted; the engines finished before it are whole" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["image_proj"]
     assert (out / "image_proj" / "manifest.json").is_file()
