@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from ..engines.errors import OptionError
-from ..engines.spec import GENERATION, random_feed
+from ..engines.spec import GENERATION, SPEED_ENGINES, random_feed
+from ..runtime.sampler import PRESETS, Sampling
 from ..runtime.session import Session
 
 # docs/model.md §5: denoiser FLOP per generated frame at 512 x 512, 16 frames, 40 steps, CFG 3.5
@@ -52,6 +53,7 @@ STAGES = {  # engine -> stage of the breakdown
     "vae_encoder": "reference",
     "reference_unet": "reference",
     "denoiser_step": "denoise",
+    **{name: "denoise" for name in SPEED_ENGINES},
     "vae_decoder": "decode",
 }
 
@@ -62,6 +64,9 @@ class BenchConfig:
 
     steps: int = 40  # denoising steps per clip
     sampler: str = "ddim"  # runtime.sampler.SAMPLERS (a --preset sets it with the steps)
+    guidance_steps: int | None = None  # both CFG halves on the first K steps (None: all)
+    cache_interval: int = 1  # a full step every N steps (1: no feature cache)
+    against: str | None = None  # a preset (runtime.sampler.PRESETS) to render beside, compared
     clips: int = 2  # clips in the end-to-end and baseline runs
     repeats: int = 10  # timed calls per engine
     warmup: int = 2  # untimed calls per engine first
@@ -78,11 +83,25 @@ class BenchConfig:
                 raise OptionError(f"BenchConfig.{name} = {getattr(self, name)} must be >= 1")
         if self.warmup < 0:
             raise OptionError(f"BenchConfig.warmup = {self.warmup} must be >= 0")
-        if self.baseline and self.sampler != "ddim":
+        if self.baseline and self.sampling != PRESETS["faithful"]:
             raise OptionError(
-                f"--baseline official runs the official DDIM loop; --sampler {self.sampler} "
-                "would be compared with another sampler: bench a preset without --baseline"
+                "--baseline official runs the official DDIM loop; this run's "
+                f"{self.sampling.describe()} would be compared with another sampler: bench a "
+                "preset without --baseline (--against faithful compares it with the faithful "
+                "loop)"
             )
+        if self.against is not None and self.against not in PRESETS:
+            raise OptionError(f"--against {self.against}: must be one of {', '.join(PRESETS)}")
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampler, its steps and speed knobs (checks them)."""
+        return Sampling(self.sampler, self.steps, self.guidance_steps, self.cache_interval)
+
+    def engines(self) -> tuple[str, ...]:
+        """The step engines this run calls (its own plan's and --against's)."""
+        plans = [self.sampling] + ([PRESETS[self.against]] if self.against else [])
+        return tuple(dict.fromkeys(n for p in plans for n in p.engines()))
 
 
 def _sync(device: torch.device) -> None:
@@ -123,9 +142,10 @@ def _summary(seconds: list[float]) -> dict[str, float]:
 
 
 def engine_latencies(session: Session, cfg: BenchConfig) -> dict[str, dict[str, float]]:
-    """Median / p90 latency of every generation engine on random inputs at opt sizes."""
+    """Median / p90 latency of every generation engine (and the speed engines the session
+    holds) on random inputs at opt sizes."""
     out = {}
-    for name in GENERATION:
+    for name in GENERATION + tuple(n for n in SPEED_ENGINES if n in session.engines):
         engine = session.engines[name]
         feed = random_feed(engine.spec, engine.spec.sizes("opt"), seed=1, device=engine.device)
         with torch.inference_mode():
@@ -137,7 +157,9 @@ def engine_latencies(session: Session, cfg: BenchConfig) -> dict[str, dict[str, 
 
 
 def calls_per_clip(session: Session, cfg: BenchConfig, clips: int) -> dict[str, float]:
-    """How often each engine runs per clip in the runtime (per-video work spread over clips)."""
+    """How often each engine runs per clip in the runtime (per-video work spread over clips).
+    The step engines: as often as this run's step plan calls them."""
+    plan = cfg.sampling.plan()
     return {
         "audio_encoder": 1 / clips,  # one 60 s segment covers every clip measured here
         "audio_proj": 1,
@@ -145,7 +167,7 @@ def calls_per_clip(session: Session, cfg: BenchConfig, clips: int) -> dict[str, 
         "face_locator": 1 / clips,
         "vae_encoder": 1 + 1 / clips,  # motion frames; the reference once per video
         "reference_unet": 1 + 1 / clips,
-        "denoiser_step": cfg.steps,
+        **{n: plan.count(n) for n in ("denoiser_step", *SPEED_ENGINES)},
         "vae_decoder": 1,
     }
 
@@ -188,9 +210,7 @@ def generation_only(session: Session, cfg: BenchConfig) -> dict[str, float]:
     """Clips from ``generate`` to host frames: the scope the baseline is compared in."""
     from hallo2rt.runtime.pipeline import RunConfig, generate
 
-    run = RunConfig(
-        steps=cfg.steps, sampler=cfg.sampler, frames=session.frames, cuda_graph=cfg.cuda_graph
-    )
+    run = RunConfig(frames=session.frames, cuda_graph=cfg.cuda_graph, **_knobs(cfg.sampling))
     portrait = _portrait(session.size, session.embedding_dim)
 
     def clips(feats):
@@ -198,6 +218,16 @@ def generation_only(session: Session, cfg: BenchConfig) -> dict[str, float]:
             yield clip.frames
 
     return _timed_clips(session, cfg, clips)
+
+
+def _knobs(sampling: Sampling) -> dict[str, Any]:
+    """RunConfig's fields for ``sampling``."""
+    return {
+        "steps": sampling.steps,
+        "sampler": sampling.sampler,
+        "guidance_steps": sampling.guidance_steps,
+        "cache_interval": sampling.cache_interval,
+    }
 
 
 def baseline_only(modules: dict, session: Session, cfg: BenchConfig) -> dict[str, float]:
@@ -272,8 +302,15 @@ def sr_throughput(session: Session, cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
-def end_to_end(session: Session, cfg: BenchConfig, workdir: Path) -> dict[str, float]:
-    """``generate_video`` with a synthetic tone of ``clips`` clips, to a finished MP4."""
+def end_to_end(
+    session: Session,
+    cfg: BenchConfig,
+    workdir: Path,
+    sampling: Sampling | None = None,
+    name: str = "bench.mp4",
+) -> dict[str, float]:
+    """``generate_video`` with a synthetic tone of ``clips`` clips, to a finished MP4
+    (``workdir/name``), with this run's sampling or ``sampling``."""
     from hallo2rt.demo import ASSETS, DEMO_FACE_BOX, DEMO_LIP_BOX
     from hallo2rt.runtime.pipeline import RunConfig, generate_video
     from hallo2rt.runtime.portrait import parse_box
@@ -294,15 +331,14 @@ def end_to_end(session: Session, cfg: BenchConfig, workdir: Path) -> dict[str, f
         session,
         ASSETS / "portrait.jpg",
         audio,
-        workdir / "bench.mp4",
+        workdir / name,
         parse_box(DEMO_FACE_BOX),
         np.random.default_rng(0).standard_normal(session.embedding_dim),
         RunConfig(
-            steps=cfg.steps,
-            sampler=cfg.sampler,
             frames=session.frames,
             size=session.size,
             cuda_graph=cfg.cuda_graph,
+            **_knobs(sampling or cfg.sampling),
         ),
         lip_box=parse_box(DEMO_LIP_BOX),
         progress=progress,
@@ -316,6 +352,44 @@ def end_to_end(session: Session, cfg: BenchConfig, workdir: Path) -> dict[str, f
         "fps": frames / seconds,
         "real_time_factor": seconds / seconds_audio,
         "first_clip_s": first[0] if first else seconds,
+    }
+
+
+def _mouth_box(session: Session) -> tuple[int, int, int, int]:
+    """The benchmark portrait's lip box in frame pixels (its lip mask's latent cells, x 8)."""
+    lat = session.size // 8
+    lips = _portrait(session.size, session.embedding_dim).lip_masks[0].reshape(lat, lat) > 0
+    ys, xs = torch.nonzero(lips, as_tuple=True)
+    if len(xs) == 0:
+        return (0, 0, session.size, session.size)
+    return (int(xs.min()) * 8, int(ys.min()) * 8, int(xs.max() + 1) * 8, int(ys.max() + 1) * 8)
+
+
+def against(session: Session, cfg: BenchConfig, workdir: Path, e2e: dict) -> dict[str, Any]:
+    """The run's MP4 (``end_to_end``'s) beside one rendered with preset ``cfg.against`` from the
+    same inputs and seed on the same session: frames/s of both, the speed-up, and the deviation
+    (``hallo2rt compare``: per-frame PSNR and SSIM, whole frame and mouth region)."""
+    from .compare import compare_videos
+
+    ref = end_to_end(session, cfg, workdir, PRESETS[cfg.against], "against.mp4")
+    result = compare_videos(workdir / "against.mp4", workdir / "bench.mp4", _mouth_box(session))
+    assert result.mouth_psnr is not None and result.mouth_ssim is not None
+    return {
+        "against": cfg.against,
+        "against_sampling": PRESETS[cfg.against].describe(),
+        "sampling": cfg.sampling.describe(),
+        "fps": e2e["fps"],
+        "against_fps": ref["fps"],
+        "speedup": e2e["fps"] / ref["fps"],
+        "frames_compared": result.compared,
+        "psnr_mean": result.psnr.mean,
+        "psnr_min": result.psnr.min,
+        "ssim_mean": result.ssim.mean,
+        "mouth": result.mouth,
+        "mouth_psnr_mean": result.mouth_psnr.mean,
+        "mouth_ssim_mean": result.mouth_ssim.mean,
+        "problems": result.problems,
+        "timer": "generate_video() to a closed MP4, each side once, same session and inputs",
     }
 
 
@@ -454,6 +528,10 @@ def run_benchmark(
                 "timer": "generate_video(): audio decode + features, clips, MP4 closed",
             }
         )
+        if cfg.against:
+            log(f"the same video with --preset {cfg.against} ...")
+            records.append({"kind": "against", **against(session, cfg, Path(tmp), e2e)})
+            phase_done()
         encode_s = encode_seconds_per_clip(session, Path(tmp))
         if cfg.upscale > 1:
             log(f"super-resolution x{cfg.upscale} ...")
@@ -469,7 +547,7 @@ def run_benchmark(
     )
     step_s = latency["denoiser_step"]["median_ms"] / 1e3
     full = session.size == 512 and session.frames == 16
-    tflop_step = TFLOP_PER_FRAME["ours"] * session.frames / 40 if full else None
+    tflop_step = _full_size_step_tflop() if full else None
     peak = gemm_tflops(dev)
     records.append(
         {
@@ -478,12 +556,18 @@ def run_benchmark(
             "denoiser_tflops_achieved": tflop_step / step_s if tflop_step else None,
             "gpu_fp16_gemm_tflops_measured": peak,
             "share_of_gemm_peak": (tflop_step / step_s / peak) if tflop_step and peak else None,
-            "note": "FLOP counts from docs/model.md §5 apply to the released model at 512 x 512, "
-            "16 frames; other shapes report none",
+            "note": "FLOPs counted on the released architecture's graphs at 512 x 512, 16 "
+            "frames (benchmarks/flops.py); other shapes report none",
         }
     )
     records.append(_memory(dev, used))
     return records
+
+
+def _full_size_step_tflop() -> float:
+    from .flops import step_tflops
+
+    return step_tflops("full")["denoiser_step"]
 
 
 _SR = {
@@ -529,7 +613,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
             f"super-resolution only, {', '.join(f'{k}: {v}' for k, v in env['engines'].items())}."
             if cfg.get("sr_only")
             else f"{env['shapes']['size']} px, {env['shapes']['frames']} frames per clip, "
-            f"{cfg.get('sampler', 'ddim')} {cfg['steps']} steps, {cfg['clips']} clips."
+            f"{_described(cfg)}, {cfg['clips']} clips."
         ),
     ]
     if not cfg.get("sr_only"):
@@ -558,6 +642,23 @@ def markdown(records: list[dict[str, Any]]) -> str:
                 f"| end to end (MP4, RTF {r['real_time_factor']:.2f}) | {r['frames']} | "
                 f"{r['seconds']:.2f} | {r['fps']:.2f} | {r['first_clip_s']:.2f} | |"
             )
+    for r in records:
+        if r["kind"] == "against":
+            lines += [
+                "",
+                f"Against --preset {r['against']} ({r['against_sampling']}), same inputs and "
+                "seed, end to end:",
+                "",
+                "| run | fps | speed-up | PSNR mean / min (dB) | SSIM mean | mouth PSNR / SSIM |",
+                "|---|---|---|---|---|---|",
+                f"| {r['against']} ({r['against_sampling']}) | {r['against_fps']:.2f} | 1.00x "
+                "| | | |",
+                f"| this run ({r['sampling']}) | {r['fps']:.2f} | {r['speedup']:.2f}x | "
+                f"{r['psnr_mean']:.2f} / {r['psnr_min']:.2f} | {r['ssim_mean']:.4f} | "
+                f"{r['mouth_psnr_mean']:.2f} / {r['mouth_ssim_mean']:.4f} |",
+            ]
+            if r["problems"]:
+                lines.append("Checks: " + "; ".join(r["problems"]))
     for r in records:
         if r["kind"] == "stages":
             lines += ["", "| stage | s per clip | share |", "|---|---|---|"]
@@ -598,6 +699,16 @@ def markdown(records: list[dict[str, Any]]) -> str:
         )
     )
     return "\n".join(lines)
+
+
+def _described(cfg: dict[str, Any]) -> str:
+    """The sampling of a config record (records written before the speed knobs lack them)."""
+    return Sampling(
+        cfg.get("sampler", "ddim"),
+        cfg["steps"],
+        cfg.get("guidance_steps"),
+        cfg.get("cache_interval", 1),
+    ).describe()
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:

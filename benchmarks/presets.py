@@ -3,10 +3,10 @@ their speed and deviation from the faithful output, measured in one run.
 
     python -m hallo2rt.benchmarks.presets --out benchmarks/results/presets   # tiny demo model
 
-Cost: the denoiser's per-step cost and the per-clip costs were counted on the real full-size
-graphs (docs/model.md §5, 512 px, 16 frames, both CFG halves); a preset's cost per frame is its
-steps times the per-step cost plus the per-clip work, over 16 frames. The multistep sampler's
-extra element-wise ops (three on the 1x4x16x64x64 latents per step) are below 1e-5 TFLOP.
+Cost: each step engine's TFLOP counted on its full-size graph (``benchmarks/flops.py``: 512
+px, 16 frames); a preset's cost per frame is the sum over its step plan plus the official
+per-clip work (docs/model.md §5.2), over 16 frames. The multistep sampler's extra element-wise
+ops (three on the 1x4x16x64x64 latents per step) are below 1e-5 TFLOP.
 
 Speed and deviation: each preset renders the same portrait, audio, face box, embedding and seed
 (the demo's) on the same session; the timer covers generate_video whole (features, every clip,
@@ -24,30 +24,40 @@ import tempfile
 import time
 from pathlib import Path
 
-# docs/model.md §5 (TFLOP, full size: 512 px, 16-frame clips)
-DENOISER_STEP = 53.95 - 5.15 - 0.41 - 0.08  # one step, both CFG halves, after the §6 savings
-PER_CLIP = 40.23 + 4.78 + 3.35 + 0.139 + 0.0069 + 0.0012  # VAE decode/encode, ReferenceNet, ...
+from .compare import compare_videos
+
+# docs/model.md §5.2 (TFLOP, full size: 512 px, 16-frame clips): the official per-clip work
+# besides the denoiser (VAE decode and encode, ReferenceNet, ...); the runtime does less (§6),
+# so this is an upper bound that every preset keeps
+PER_CLIP = 40.23 + 4.78 + 3.35 + 0.139 + 0.0069 + 0.0012
 FRAMES = 16
 
 
-def tflop_per_frame(steps: int) -> float:
-    """Full-size TFLOP per generated frame of a run with ``steps`` denoising steps."""
-    return (steps * DENOISER_STEP + PER_CLIP) / FRAMES
+def tflop_per_frame(sampling, per_call: dict[str, float] | None = None) -> float:
+    """Full-size TFLOP per generated frame of a run with ``sampling`` (runtime.sampler.Sampling):
+    the step engines its plan calls, each at its counted cost (``flops.step_tflops``), plus the
+    per-clip work, over 16 frames."""
+    from .flops import step_tflops
+
+    per_call = per_call or step_tflops("full")
+    return (sum(per_call[name] for name in sampling.plan()) + PER_CLIP) / FRAMES
 
 
-def costs() -> list[dict]:
+def costs(per_call: dict[str, float] | None = None) -> list[dict]:
     from ..runtime.sampler import PRESETS
 
-    base = tflop_per_frame(PRESETS["faithful"][1])
+    base = tflop_per_frame(PRESETS["faithful"], per_call)
     return [
         {
             "preset": name,
-            "sampler": sampler,
-            "steps": steps,
-            "tflop_per_frame": round(tflop_per_frame(steps), 2),
-            "vs_faithful": round(tflop_per_frame(steps) / base, 3),
+            "sampler": p.sampler,
+            "steps": p.steps,
+            "guidance_steps": p.guided,
+            "cache_interval": p.cache_interval,
+            "tflop_per_frame": round(tflop_per_frame(p, per_call), 2),
+            "vs_faithful": round(tflop_per_frame(p, per_call) / base, 3),
         }
-        for name, (sampler, steps) in PRESETS.items()
+        for name, p in PRESETS.items()
     ]
 
 
@@ -55,16 +65,24 @@ def measure(out: Path, cache: Path, log=print) -> list[dict]:
     """Render the demo with every preset on one tiny-model session; time and compare each."""
     from ..assemble import load_torch_session
     from ..demo import DEMO_SIZE, demo_model, demo_video
+    from ..engines.spec import SPEED_ENGINES
     from ..runtime.pipeline import RunConfig
     from ..runtime.sampler import PRESETS
-    from .compare import compare_videos
 
-    session = load_torch_session(demo_model(cache), "cpu", False, DEMO_SIZE, 16)
+    session = load_torch_session(
+        demo_model(cache), "cpu", False, DEMO_SIZE, 16, steps=SPEED_ENGINES
+    )
     rows = {r["preset"]: r for r in costs()}
     videos = {}
     with session:
-        for name, (sampler, steps) in PRESETS.items():
-            cfg = RunConfig(size=DEMO_SIZE, sampler=sampler, steps=steps)
+        for name, p in PRESETS.items():
+            cfg = RunConfig(
+                size=DEMO_SIZE,
+                sampler=p.sampler,
+                steps=p.steps,
+                guidance_steps=p.guidance_steps,
+                cache_interval=p.cache_interval,
+            )
             videos[name] = out / f"{name}.mp4"
             start = time.perf_counter()
             demo_video(session, videos[name], cfg)
@@ -84,8 +102,11 @@ def measure(out: Path, cache: Path, log=print) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| preset | sampler | steps | TFLOP/frame (full size) | vs faithful |"
-    rule = "|---|---|---|---|---|"
+    head = (
+        "| preset | sampler | steps | guided steps | cache interval | TFLOP/frame (full size) "
+        "| vs faithful |"
+    )
+    rule = "|---|---|---|---|---|---|---|"
     measured = "seconds" in rows[0]
     if measured:
         head += " CPU s (tiny) | speed-up | PSNR vs faithful mean / min (dB) | SSIM mean |"
@@ -93,8 +114,8 @@ def markdown(rows: list[dict]) -> str:
     lines = [head, rule]
     for r in rows:
         line = (
-            f"| {r['preset']} | {r['sampler']} | {r['steps']} | {r['tflop_per_frame']} | "
-            f"{r['vs_faithful']} |"
+            f"| {r['preset']} | {r['sampler']} | {r['steps']} | {r['guidance_steps']} | "
+            f"{r['cache_interval']} | {r['tflop_per_frame']} | {r['vs_faithful']} |"
         )
         if measured:
             line += (

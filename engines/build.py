@@ -37,7 +37,7 @@ from .manifest import (
 )
 from .parity import FP16_MIN_COSINE, compare_fp16, compare_fp32
 from .paths import output_folder
-from .spec import DTYPES, ENGINE_NAMES, EngineSpec, random_feed
+from .spec import DTYPES, KNOWN_ENGINES, EngineSpec, random_feed
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def exported_engines(onnx_dir: Path, only: Iterable[str] | None = None) -> list[
     """Engine names present in an export directory, in docs/architecture.md's order."""
     if not onnx_dir.is_dir():
         raise EngineError(f"{onnx_dir} does not exist: run `hallo2rt export` first")
-    present = [n for n in ENGINE_NAMES if (onnx_dir / n / MANIFEST).is_file()]
+    present = [n for n in KNOWN_ENGINES if (onnx_dir / n / MANIFEST).is_file()]
     if only:
         wanted = list(dict.fromkeys(only))
         missing = [n for n in wanted if n not in present]

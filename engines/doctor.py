@@ -18,7 +18,7 @@ import torch
 
 from .engine import check_artifact, verify_artifact
 from .manifest import MANIFEST, EngineError, environment, read_manifest, stale_fields
-from .spec import ENGINE_NAMES
+from .spec import ENGINE_NAMES, KNOWN_ENGINES
 
 
 @dataclass
@@ -159,7 +159,7 @@ def engine_states(directory: Path, verify: bool = False) -> tuple[list[str], boo
     if not directory.is_dir():
         return [f"{directory} does not exist"], False
     lines, ok = [], True
-    names = [n for n in ENGINE_NAMES if (directory / n).is_dir()]
+    names = [n for n in KNOWN_ENGINES if (directory / n).is_dir()]
     names += sorted(
         p.name
         for p in directory.iterdir()

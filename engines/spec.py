@@ -43,10 +43,34 @@ ENGINE_NAMES = (
 SUPER_RESOLUTION = ("face_detector", "face_restorer", "bg_upsampler", "face_parser")
 GENERATION = tuple(n for n in ENGINE_NAMES if n not in SUPER_RESOLUTION)
 
+# The denoiser's step engines (docs/presets.md): name -> (halves, part). halves: 2 = both CFG
+# halves, 1 = the conditional half alone (guidance truncation); part: "full" step, "deep" (a full
+# step that also outputs the feature a cheap step resumes from) or "shallow" (that cheap step,
+# taking the feature). denoiser_step is the faithful engine; the others serve the speed presets,
+# exported and built only on request (--only), and a run opens those its step plan calls.
+DENOISER_VARIANTS = {
+    "denoiser_step": (2, "full"),
+    "denoiser_cond": (1, "full"),
+    "denoiser_deep": (2, "deep"),
+    "denoiser_shallow": (2, "shallow"),
+    "denoiser_cond_deep": (1, "deep"),
+    "denoiser_cond_shallow": (1, "shallow"),
+}
+SPEED_ENGINES = tuple(n for n in DENOISER_VARIANTS if n != "denoiser_step")
+KNOWN_ENGINES = ENGINE_NAMES + SPEED_ENGINES  # what export and build accept
+# The feature-cache branch of the deep/shallow engines: the shallow step recomputes the first
+# CACHE_BRANCH layers of the top down block and the last CACHE_BRANCH + 1 of the top up block.
+# Chosen by the FLOPs counted at full size (docs/presets.md, benchmarks/flops.py).
+CACHE_BRANCH = 0
 
-def run_engines(generation: bool = True, upscale: bool = False) -> tuple[str, ...]:
-    """The engines a run opens: a generation's, super-resolution's, or both."""
-    return (GENERATION if generation else ()) + (SUPER_RESOLUTION if upscale else ())
+
+def run_engines(
+    generation: bool = True, upscale: bool = False, steps: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """The engines a run opens: a generation's, super-resolution's, or both; ``steps``: the
+    speed engines its step plan calls besides (``runtime.plan.StepPlan.engines``)."""
+    extra = tuple(n for n in steps if n in SPEED_ENGINES) if generation else ()
+    return (GENERATION if generation else ()) + extra + (SUPER_RESOLUTION if upscale else ())
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ and a maker of valid random inputs (export example and parity feed).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +29,13 @@ from ..engines.bank import (
     reference_kv_names,
 )
 from ..engines.errors import OptionError
-from ..engines.spec import ENGINE_NAMES, EngineSpec, TensorSpec
+from ..engines.spec import (
+    CACHE_BRANCH,
+    DENOISER_VARIANTS,
+    KNOWN_ENGINES,
+    EngineSpec,
+    TensorSpec,
+)
 from .checkpoints import Pretrained
 from .modules.layers import round_to_fp16
 
@@ -187,41 +194,79 @@ class DenoiserStepGraph(nn.Module):
 
     Inputs after cfg_scale, per hooked block i: image K/V, audio K/V of the 3 branches, then the
     face feature, reference K/V, motion features, masks per level and motion_scale (the spec's
-    order)."""
+    order).
 
-    def __init__(self, denoiser: nn.Module, levels: int, blocks: int):
+    The speed variants (``engines.spec.DENOISER_VARIANTS``) take the same tensors, so the step
+    loop feeds every variant from one set of buffers: ``halves`` 1 runs the conditional half
+    alone (no cfg_scale input; it reads the conditional rows of the K/V and motion inputs), a
+    "deep" step also outputs ``deep_feature``, a "shallow" step takes it as its last input and
+    runs only the top layers (``Denoiser.run_shallow``, branch ``CACHE_BRANCH``)."""
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        levels: int,
+        blocks: int,
+        halves: int = 2,
+        part: str = "full",
+        branch: int = CACHE_BRANCH,
+    ):
         super().__init__()
         self.denoiser, self.levels, self.blocks = denoiser, levels, blocks
-        self.names = denoiser_input_names(blocks, levels)  # the spec's inputs, in its order
+        self.halves, self.part, self.branch = halves, part, branch
+        names = denoiser_input_names(blocks, levels)  # the spec's inputs, in its order
+        if halves == 1:
+            names = tuple(n for n in names if n != "cfg_scale")
+        if part == "shallow":  # only what its layers read (an exporter drops unused inputs)
+            keep = _shallow_inputs(denoiser, levels, blocks, branch)
+            names = tuple(n for n in names if n in keep) + ("deep_feature",)
+        self.names = names
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = dict(zip(self.names, inputs, strict=True))  # by spec name, not by position
         blocks, levels = range(self.blocks), range(self.levels)
+        latents = x["latents"]
+        f = latents.shape[2]
+        cond = self.halves == 1  # per-half inputs: keep the conditional rows only
+        half = slice(1, 2) if cond else slice(0, 2)
+        rows = slice(f, 2 * f) if cond else slice(0, 2 * f)
 
-        def pair(names: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
-            return x[names[0]], x[names[1]]
+        # a shallow step has only the inputs of the layers it runs: None for the others
+        def pair(names: tuple[str, str], pick: slice) -> tuple[torch.Tensor, torch.Tensor] | None:
+            return (x[names[0]][pick], x[names[1]][pick]) if names[0] in x else None
 
-        image_kv = [pair(image_kv_names(i)) for i in blocks]
-        audio_kv = [[pair(audio_kv_names(i, b)) for b in range(AUDIO_BRANCHES)] for i in blocks]
-        face, latents = x["face_feature"], x["latents"]
-        face2 = torch.cat([torch.zeros_like(face), face])[:, :, None]  # (2, C0, 1, h, w)
-        masks = [[x[mask_name(kind, lv)] for lv in levels] for kind in MASK_KINDS]
-        v = self.denoiser(
-            torch.cat([latents, latents]),
+        image_kv = [pair(image_kv_names(i), half) for i in blocks]
+        audio_kv = [
+            None
+            if audio_kv_names(i, 0)[0] not in x
+            else [pair(audio_kv_names(i, b), rows) for b in range(AUDIO_BRANCHES)]
+            for i in blocks
+        ]
+        face = x["face_feature"]
+        if not cond:
+            face = torch.cat([torch.zeros_like(face), face])
+        masks = [[x.get(mask_name(kind, lv)) for lv in levels] for kind in MASK_KINDS]
+        out = self.denoiser(
+            latents if cond else torch.cat([latents, latents]),
             x["timestep"],
             None,
             None,
-            face2,
-            [pair(reference_kv_names(i)) for i in blocks],
-            [x[motion_name(i)] for i in blocks],
+            face[:, :, None],  # (halves, C0, 1, h, w)
+            [pair(reference_kv_names(i), slice(0, 2)) for i in blocks],
+            [x[motion_name(i)][half] if motion_name(i) in x else None for i in blocks],
             *masks,
             x["motion_scale"],
             token_kv=(image_kv, audio_kv),
+            branch=self.branch if self.part != "full" else -1,
+            cached=x["deep_feature"] if self.part == "shallow" else None,
         )
-        v = v[:1] + x["cfg_scale"].to(v.dtype) * (v[1:] - v[:1])
+        v, kept = out if self.part == "deep" else (out, None)
+        if not cond:
+            v = v[:1] + x["cfg_scale"].to(v.dtype) * (v[1:] - v[:1])
         # coef is fp32 in every engine (spec: fp32); a no-op cast in fp32 engines
         coef = x["coef"]
-        return ((coef[0] * latents.float() + coef[1] * v.float()).to(latents.dtype),)
+        step = (coef[0] * latents.float() + coef[1] * v.float()).to(latents.dtype)
+        return (step,) if kept is None else (step, kept)
 
 
 def fit_shapes(shapes: GraphShapes, pre: Pretrained) -> GraphShapes:
@@ -234,7 +279,7 @@ def fit_shapes(shapes: GraphShapes, pre: Pretrained) -> GraphShapes:
 def build_graph(name: str, pre: Pretrained, shapes: GraphShapes = GraphShapes()) -> Graph:
     """The wrapper, spec and input maker of engine ``name`` from loaded components."""
     if name not in _BUILDERS:
-        raise KeyError(f"unknown engine {name!r}; known: {', '.join(ENGINE_NAMES)}")
+        raise KeyError(f"unknown engine {name!r}; known: {', '.join(KNOWN_ENGINES)}")
     return _BUILDERS[name](pre, shapes)
 
 
@@ -384,8 +429,24 @@ def _reference_unet(pre: Pretrained, s: GraphShapes) -> Graph:
     )
 
 
-def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
+def _shallow_inputs(den: nn.Module, levels: int, blocks: int, branch: int) -> set[str]:
+    """The denoiser_step inputs a shallow step at ``branch`` reads (``Denoiser.run_shallow``):
+    those of the first ``branch`` hooked blocks (the top down block's, if it has attention) and
+    of the last ``branch`` + 1 (the top up block's), the level-0 masks and the shared ones."""
+    b, cfg = branch, den.cfg
+    used = set(range(b) if cfg.down_has_attn[0] else ())
+    used |= set(range(blocks - (b + 1), blocks)) if cfg.up_has_attn[-1] else set()
+    unused = set()
+    for i in set(range(blocks)) - used:
+        unused |= {*image_kv_names(i), *reference_kv_names(i), motion_name(i)}
+        unused |= {n for j in range(AUDIO_BRANCHES) for n in audio_kv_names(i, j)}
+    unused |= {mask_name(k, lv) for k in MASK_KINDS for lv in range(1, levels)}
+    return set(denoiser_input_names(blocks, levels)) - unused
+
+
+def _denoiser_step(pre: Pretrained, s: GraphShapes, name: str = "denoiser_step") -> Graph:
     den, cfg = pre["denoiser"], pre.config
+    halves, part = DENOISER_VARIANTS[name]
     lat, f, m, h = s.size // 8, s.frames, s.motion_frames, cfg.heads
     hooked = den.hooked_shapes((lat, lat))
     levels = len(cfg.unet.block_out_channels)
@@ -407,29 +468,57 @@ def _denoiser_step(pre: Pretrained, s: GraphShapes) -> Graph:
             _t(mask_name(kind, lv), 1, (lat >> lv) ** 2, values=(0.0, 1.0)) for lv in range(levels)
         ]
     ins.append(_t("motion_scale", 3, values=(0.5, 1.5)))
-    spec = EngineSpec(
-        "denoiser_step",
-        tuple(ins),
-        (_t("next_latents", 1, 4, f, lat, lat),),
-        notes="both CFG halves (uncond: no reference, zero audio and face), CFG "
-        "combine, DDIM x_prev = coef[0] x + coef[1] v. coef and cfg_scale stay fp32 in fp16 "
+    if halves == 1:
+        ins = [t for t in ins if t.name != "cfg_scale"]
+    module = DenoiserStepGraph(den, levels, len(hooked), halves, part)
+    outs = [_t("next_latents", 1, 4, f, lat, lat)]
+    feature = _t("deep_feature", *den.cached_feature_shape(CACHE_BRANCH, halves * f, lat))
+    if part == "deep":
+        outs.append(feature)
+    if part == "shallow":
+        ins = [t for t in ins if t.name in module.names] + [feature]
+    notes = (
+        "both CFG halves (uncond: no reference, zero audio and face), CFG combine"
+        if halves == 2
+        else "the conditional half alone (guidance truncation: no CFG combine; it reads the "
+        "conditional rows of the per-half inputs)"
+    )
+    notes += (
+        ", DDIM x_prev = coef[0] x + coef[1] v. coef and cfg_scale stay fp32 in fp16 "
         "engines and the DDIM update is computed in fp32 (the official scheduler's "
-        "coefficients are fp32 scalars; fp16 would round them to 2^-11).",
-        fp32=("coef", "cfg_scale"),
+        "coefficients are fp32 scalars; fp16 would round them to 2^-11)."
+    )
+    if part != "full":
+        notes += f" Feature cache at branch {CACHE_BRANCH}: " + (
+            "also outputs deep_feature, the input of the top up block's layer a cheap step "
+            "resumes at."
+            if part == "deep"
+            else "runs only the top layers, resuming from a deep step's deep_feature."
+        )
+    spec = EngineSpec(
+        name,
+        tuple(ins),
+        tuple(outs),
+        notes=notes,
+        fp32=("coef", "cfg_scale") if halves == 2 else ("coef",),
     )
 
     def make(z, g):
-        vals = [
-            _randn(g, 1, 4, f, lat, lat),
-            torch.tensor([500]),
-            torch.tensor([0.9, -0.1]),
-            torch.tensor([3.5]),
-        ]
-        # K/V, features ~ N(0, 1); masks (the inputs with a value range) in [0, 1)
-        vals += [(_randn if t.values is None else _rand)(g, *t.dims) for t in ins[4:-1]]
-        return tuple(vals) + (torch.tensor([1.0, 0.9, 1.1]),)
+        vals = []
+        for t in ins:
+            if t.name == "timestep":
+                vals.append(torch.tensor([500]))
+            elif t.name == "coef":
+                vals.append(torch.tensor([0.9, -0.1]))
+            elif t.name == "cfg_scale":
+                vals.append(torch.tensor([3.5]))
+            elif t.name == "motion_scale":
+                vals.append(torch.tensor([1.0, 0.9, 1.1]))
+            else:  # latents, K/V, features ~ N(0, 1); masks (a value range) in [0, 1)
+                vals.append((_randn if t.values is None else _rand)(g, *t.dims))
+        return tuple(vals)
 
-    return Graph(spec, DenoiserStepGraph(den, levels, len(hooked)), make)
+    return Graph(spec, module, make)
 
 
 class FaceRestorerGraph(nn.Module):
@@ -570,7 +659,7 @@ _BUILDERS = {
     "vae_encoder": _vae_encoder,
     "vae_decoder": _vae_decoder,
     "reference_unet": _reference_unet,
-    "denoiser_step": _denoiser_step,
+    **{name: functools.partial(_denoiser_step, name=name) for name in DENOISER_VARIANTS},
     "face_restorer": _face_restorer,
     "bg_upsampler": _bg_upsampler,
     "face_detector": _face_detector,
@@ -586,7 +675,9 @@ ENGINE_COMPONENTS = {
     "vae_encoder": ("vae_encoder",),
     "vae_decoder": ("vae_decoder",),
     "reference_unet": ("reference_unet", "denoiser"),
-    "denoiser_step": ("denoiser",),
+    # + audio_proj: the audio token count of the step's inputs is read with it (HeadsConfig);
+    # without it an export of the denoiser alone assumed the release's 32 tokens
+    **{name: ("denoiser", "audio_proj") for name in DENOISER_VARIANTS},
     "face_restorer": ("face_restorer",),
     "bg_upsampler": ("bg_upsampler",),
     "face_detector": ("face_detector",),

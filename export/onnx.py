@@ -43,7 +43,7 @@ from ..engines.parity import (  # noqa: F401  (ParityError: part of this module'
     compare_fp32,
 )
 from ..engines.paths import output_folder
-from ..engines.spec import DTYPES, ENGINE_NAMES, FP32_ONLY, EngineSpec
+from ..engines.spec import DTYPES, ENGINE_NAMES, FP32_ONLY, KNOWN_ENGINES, EngineSpec
 from .checkpoints import load_pretrained
 from .graphs import ENGINE_COMPONENTS, Graph, GraphShapes, build_graph, fit_shapes
 
@@ -327,7 +327,8 @@ def export_engines(
     precision: str = "fp32",
     progress: Callable[[str, str, Manifest | None], None] | None = None,
 ) -> dict[str, Manifest]:
-    """Export the requested engines (default: all) of the tree at ``checkpoints`` into ``out``.
+    """Export the requested engines (default: all but the speed presets' step engines, which
+    are exported when named) of the tree at ``checkpoints`` into ``out``.
 
     Checkpoints are loaded, and every missing file reported, before any engine is written; a
     failure leaves no folder that was not there. progress: called with ("start", name, None)
@@ -337,9 +338,9 @@ def export_engines(
     names = list(dict.fromkeys(only or ENGINE_NAMES))
     if precision not in ("fp32", "fp16"):
         raise OptionError(f"precision {precision!r}: expected fp32 or fp16")
-    unknown = [n for n in names if n not in ENGINE_NAMES]
+    unknown = [n for n in names if n not in KNOWN_ENGINES]
     if unknown:
-        raise OptionError(f"unknown engines {unknown}; known: {', '.join(ENGINE_NAMES)}")
+        raise OptionError(f"unknown engines {unknown}; known: {', '.join(KNOWN_ENGINES)}")
     out = Path(out)
     built = [n for n in names if _is_built_engine(out / n)]
     if built:

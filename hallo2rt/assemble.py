@@ -68,10 +68,12 @@ def load_torch_session(
     frames: int = 16,
     generation: bool = True,
     upscale: bool = False,
+    steps: tuple[str, ...] = (),
 ) -> Session:
     """The components of an official ``pretrained_models/`` tree as a Session of torch engines
-    at ``size`` x ``size``, ``frames`` frames per clip: those of a generation and/or those of
-    super-resolution (``upscale``). Only their files are read."""
+    at ``size`` x ``size``, ``frames`` frames per clip: those of a generation (with the step
+    engines ``steps``) and/or those of super-resolution (``upscale``). Only their files are
+    read."""
     from .export.checkpoints import GENERATION_COMPONENTS, load_pretrained
     from .export.graphs import GraphShapes
 
@@ -82,7 +84,8 @@ def load_torch_session(
     )
     pre = load_pretrained(checkpoints, components)
     shapes = GraphShapes(size=size, frames=frames)
-    return session_from_pretrained(pre, shapes, dev, fp16, run_engines(generation, upscale))
+    names = run_engines(generation, upscale, steps)
+    return session_from_pretrained(pre, shapes, dev, fp16, names)
 
 
 def open_session(
@@ -95,11 +98,13 @@ def open_session(
     frames: int = 16,
     generation: bool = True,
     upscale: bool = False,
+    steps: tuple[str, ...] = (),
 ) -> Session:
     """The session of a run (unopened: use ``with``): built ``engines`` (with ``overrides``,
     engine name -> another build's root), or torch engines over ``checkpoints``; the engines of
-    a generation and/or of super-resolution. device None: the engines' own (built) or the CPU
-    (checkpoints). dtype and size apply to checkpoints only (built engines have theirs)."""
+    a generation (with the step engines ``steps`` of its plan) and/or of super-resolution.
+    device None: the engines' own (built) or the CPU (checkpoints). dtype and size apply to
+    checkpoints only (built engines have theirs)."""
     overrides = overrides or {}
     if engines is not None:
         if dtype != "fp32":
@@ -107,13 +112,21 @@ def open_session(
                 "--dtype applies to --checkpoints; built engines run at the precision they "
                 "were exported and built with (hallo2rt export --precision / build --fp16)"
             )
-        return Session.open(engines, device, overrides, run_engines(generation, upscale))
+        names = run_engines(generation, upscale, steps)
+        return Session.open(engines, device, overrides, names)
     if overrides:
         raise OptionError("--engine NAME=DIR needs --engines")
     if checkpoints is None:
         raise OptionError("give --checkpoints (PyTorch) or --engines (built engines)")
     return load_torch_session(
-        checkpoints, device or "cpu", dtype == "fp16", size or 512, frames, generation, upscale
+        checkpoints,
+        device or "cpu",
+        dtype == "fp16",
+        size or 512,
+        frames,
+        generation,
+        upscale,
+        steps,
     )
 
 

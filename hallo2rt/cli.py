@@ -30,11 +30,13 @@ def _run_config(args: argparse.Namespace, **more):
     """The run options every generating subcommand shares, plus ``more`` of RunConfig's."""
     from hallo2rt.runtime.pipeline import RunConfig
 
-    sampler, steps = _sampling(args)
+    sampling = _sampling(args)
     return RunConfig(
         **more,
-        steps=steps,
-        sampler=sampler,
+        steps=sampling.steps,
+        sampler=sampling.sampler,
+        guidance_steps=sampling.guidance_steps,
+        cache_interval=sampling.cache_interval,
         cfg_scale=args.cfg,
         seed=args.seed,
         pose_weight=args.pose_weight,
@@ -45,12 +47,21 @@ def _run_config(args: argparse.Namespace, **more):
     )
 
 
-def _sampling(args: argparse.Namespace) -> tuple[str, int]:
-    """(sampler, steps): --preset's, each overridden by --sampler / --steps when given."""
-    from hallo2rt.runtime.sampler import PRESETS
+def _sampling(args: argparse.Namespace):
+    """``runtime.sampler.Sampling``: --preset's, each part overridden by --sampler, --steps,
+    --guidance-steps and --cache-interval when given. A guidance count beyond fewer --steps is
+    cut to them (the preset's meaning: guidance on every step it has)."""
+    from hallo2rt.runtime.sampler import PRESETS, Sampling
 
-    sampler, steps = PRESETS[args.preset]
-    return args.sampler or sampler, steps if args.steps is None else args.steps
+    preset = PRESETS[args.preset]
+    steps = preset.steps if args.steps is None else args.steps
+    guidance = preset.guidance_steps if args.guidance_steps is None else args.guidance_steps
+    if args.guidance_steps is None and guidance is not None:
+        guidance = min(guidance, steps)
+    interval = preset.cache_interval if args.cache_interval is None else args.cache_interval
+    if args.cache_interval is None:
+        interval = min(interval, steps)
+    return Sampling(args.sampler or preset.sampler, steps, guidance, interval)
 
 
 def _vocal_separator(args: argparse.Namespace):
@@ -62,9 +73,15 @@ def _vocal_separator(args: argparse.Namespace):
     return lambda wave: separate_vocals(wave, args.checkpoints)
 
 
-def _session(args: argparse.Namespace, generation: bool = True, upscale: bool = False):
+def _session(
+    args: argparse.Namespace,
+    generation: bool = True,
+    upscale: bool = False,
+    steps: tuple[str, ...] = (),
+):
     """The engines of this run: built ones (--engines) or the PyTorch modules (--checkpoints);
-    those of a generation and/or those of super-resolution."""
+    those of a generation (with the step engines ``steps`` its plan calls) and/or those of
+    super-resolution."""
     from hallo2rt.assemble import open_session
 
     overrides = {}
@@ -83,6 +100,7 @@ def _session(args: argparse.Namespace, generation: bool = True, upscale: bool = 
         frames=16 if getattr(args, "frames", None) is None else args.frames,
         generation=generation,
         upscale=upscale,
+        steps=steps,
     )
 
 
@@ -124,7 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         embedding = emb if embedding is None else embedding
         if face_box is None:
             face_box, lip_box = box, lip_box or lips
-    session = _session(args, upscale=args.upscale != 1)
+    session = _session(args, upscale=args.upscale != 1, steps=cfg.sampling.plan())
     if not args.quiet:  # say which step loop ran (CUDA graph or per-step launches) and why
         logging.getLogger("hallo2rt.runtime.pipeline").setLevel(logging.INFO)
     if args.size is None:
@@ -243,10 +261,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_json_lines,
     )
 
-    sampler, steps = _sampling(args)
+    sampling = _sampling(args)
     cfg = BenchConfig(
-        steps=steps,
-        sampler=sampler,
+        steps=sampling.steps,
+        sampler=sampling.sampler,
+        guidance_steps=sampling.guidance_steps,
+        cache_interval=sampling.cache_interval,
+        against=args.against,
         clips=args.clips,
         repeats=args.repeats,
         warmup=args.warmup,
@@ -264,7 +285,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             check_file_target(getattr(args, option), f"--{option}")
     if args.sr_only and (args.upscale == 1 or cfg.baseline or args.plot):
         raise OptionError("--sr-only needs --upscale 2 or 4, and takes no --baseline or --plot")
-    names = run_engines(not args.sr_only, args.upscale > 1)
+    if args.sr_only and cfg.against:
+        raise OptionError("--sr-only times super-resolution alone: it takes no --against")
+    names = run_engines(not args.sr_only, args.upscale > 1, cfg.engines())
     if args.engines is not None and cfg.baseline:
         raise OptionError(
             "--baseline official runs the PyTorch modules: use --checkpoints or --random"

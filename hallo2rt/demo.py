@@ -63,7 +63,8 @@ def run_demo(
 
     check_output(out)  # before the model is written or loaded
     root = demo_model(cache)
-    session = load_torch_session(root, device, fp16, DEMO_SIZE, cfg.frames)
+    steps = cfg.sampling.plan()
+    session = load_torch_session(root, device, fp16, DEMO_SIZE, cfg.frames, steps=steps)
     with session:
         return demo_video(session, out, cfg, progress)
 

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from hallo2rt.demo import cache_dir
+from hallo2rt.engines.spec import SPEED_ENGINES
 from hallo2rt.runtime.sampler import PRESETS, SAMPLERS
 
 SUBCOMMANDS = {
@@ -34,11 +35,25 @@ def _add_preset_options(p: argparse.ArgumentParser) -> None:
         choices=tuple(PRESETS),
         default="faithful",
         help="speed preset: "
-        + "; ".join(f"{k} = {s} {n} steps" for k, (s, n) in PRESETS.items())
-        + " (--sampler and --steps override its parts)",
+        + "; ".join(f"{k} = {v.describe()}" for k, v in PRESETS.items())
+        + " (the options below override its parts)",
     )
     p.add_argument("--sampler", choices=SAMPLERS, help="the preset's sampler unless given")
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    p.add_argument(
+        "--guidance-steps",
+        type=int,
+        metavar="K",
+        help="both guidance halves on the first K steps only, then the conditional half alone "
+        "(needs the denoiser_cond engines; default: the preset's)",
+    )
+    p.add_argument(
+        "--cache-interval",
+        type=int,
+        metavar="N",
+        help="a full denoiser step every N steps, cheap steps reusing its deep features between "
+        "(needs the *_deep and *_shallow engines; 1: no cache; default: the preset's)",
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -173,6 +188,12 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
         "--baseline",
         choices=("official",),
         help="also run the official-style eager loop on the same weights (PyTorch paths)",
+    )
+    p.add_argument(
+        "--against",
+        choices=tuple(PRESETS),
+        help="also render the same video with this preset (e.g. faithful) on the same session "
+        "and report the speed-up beside the deviation (PSNR, SSIM, mouth region)",
     )
     p.add_argument("--no-cuda-graph", action="store_true", help="per-step launches")
     p.add_argument(
@@ -310,7 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="graph precision; fp16 keeps norms and the AudioProj GEMM in fp32 and the "
                 "audio encoder, face restorer and face detector entirely in fp32",
             )
-            p.add_argument("--only", help="comma-separated engine names (default: all)")
+            p.add_argument(
+                "--only",
+                help="comma-separated engine names (default: all but the speed presets' step "
+                "engines, which are exported when named: " + ", ".join(SPEED_ENGINES) + ")",
+            )
             p.add_argument("--size", type=int, default=512, help="image side (multiple of 64)")
             p.add_argument("--frames", type=int, default=16, help="frames per clip")
             p.add_argument(

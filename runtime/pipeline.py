@@ -43,7 +43,7 @@ from .audio import (
 )
 from .media import MediaError, check_output
 from .portrait import Box, Portrait, build_portrait, load_image
-from .sampler import SAMPLERS, schedule
+from .sampler import SAMPLERS, Sampling, schedule
 from .session import Session
 from .sr import SuperResolver
 from .steploop import step_loop
@@ -65,6 +65,8 @@ class RunConfig:
 
     steps: int = 40  # denoising steps
     sampler: str = "ddim"  # runtime.sampler.SAMPLERS; ddim is the official sampler
+    guidance_steps: int | None = None  # both CFG halves on the first K steps; None: on all
+    cache_interval: int = 1  # a full step every N steps, cached steps between; 1: no cache
     cfg_scale: float = 3.5  # classifier-free guidance scale
     seed: int = 42  # same seed, same video (on the same backend)
     pose_weight: float = 1.0  # motion_scale[0]: background/pose audio branch
@@ -115,6 +117,13 @@ class RunConfig:
         for option, value, ok, rule in checks:
             if not ok:
                 raise OptionError(f"{option} {value}: must be {rule}")
+        # the guidance and cache knobs against the steps (raises OptionError)
+        Sampling(self.sampler, self.steps, self.guidance_steps, self.cache_interval)
+
+    @property
+    def sampling(self) -> Sampling:
+        """The sampler, its steps and its speed knobs (their step plan)."""
+        return Sampling(self.sampler, self.steps, self.guidance_steps, self.cache_interval)
 
     @property
     def weights(self) -> tuple[float, float, float]:
@@ -275,7 +284,13 @@ def generate(
     _check_shapes(session, portrait, cfg)
     f, m, size = cfg.frames, cfg.motion_frames, portrait.pixels.shape[-1]
     const, tokens, pixels = _per_video(session, portrait, cfg)
-    loop = step_loop(session, schedule(cfg.sampler, cfg.steps), cfg.cfg_scale, cfg.cuda_graph)
+    loop = step_loop(
+        session,
+        schedule(cfg.sampler, cfg.steps),
+        cfg.cfg_scale,
+        cfg.cuda_graph,
+        cfg.sampling.plan(),
+    )
     keep_face = portrait.face_region[0, 0].bool()  # (S, S)
     mask_gen, noise_gen = _generators(cfg)
     noise_dtype = torch.float16 if cfg.official_rng else torch.float32

@@ -84,14 +84,81 @@ def ddim_schedule(
 
 SAMPLERS = ("ddim", "dpmpp-2m")
 
-# Speed presets: named (sampler, steps). "faithful" is the official sampler and stays the
-# default; the others trade steps for speed with a second-order solver, training-free. Their
-# step counts meet the FLOP targets per generated frame (README, "Speed presets"); what they
-# cost in quality is unknown until measured with the real weights (hallo2rt compare).
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a run denoises: the sampler and its steps, guidance truncation and feature caching
+    (docs/presets.md). The defaults are the official loop."""
+
+    sampler: str = "ddim"  # one of SAMPLERS
+    steps: int = 40
+    guidance_steps: int | None = None  # both CFG halves for the first K steps; None: every step
+    cache_interval: int = 1  # a full step every N steps, cached (cheap) steps between; 1: none
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise OptionError(f"--sampler {self.sampler}: must be one of {', '.join(SAMPLERS)}")
+        if not 1 <= self.steps <= 1000:
+            raise OptionError(f"--steps {self.steps}: must be between 1 and 1000")
+        if self.guidance_steps is not None and not 0 <= self.guidance_steps <= self.steps:
+            raise OptionError(
+                f"--guidance-steps {self.guidance_steps}: must be between 0 (no guidance) and "
+                f"--steps ({self.steps})"
+            )
+        if not 1 <= self.cache_interval <= self.steps:
+            raise OptionError(
+                f"--cache-interval {self.cache_interval}: must be between 1 (no cache) and "
+                f"--steps ({self.steps})"
+            )
+
+    @property
+    def guided(self) -> int:
+        """How many steps run both CFG halves."""
+        return self.steps if self.guidance_steps is None else self.guidance_steps
+
+    def plan(self) -> tuple[str, ...]:
+        """The step engine each step calls (``engines.spec.DENOISER_VARIANTS``).
+
+        Guided steps come first, then the conditional-only ones. Within each of the two runs a
+        full step comes every ``cache_interval`` steps, counted from the run's start (the first
+        step after the switch is a full one: the cached feature of a guided step has both
+        halves' rows), and the steps between are shallow. Without a cache a full step is the
+        plain engine; with one it is the "deep" engine, which also keeps the feature."""
+        n = self.cache_interval
+        out = []
+        for i in range(self.steps):
+            guided = i < self.guided
+            at = i if guided else i - self.guided  # position within its run
+            base = "denoiser" if guided else "denoiser_cond"
+            if n == 1:
+                out.append("denoiser_step" if guided else "denoiser_cond")
+            elif at % n == 0:
+                out.append(f"{base}_deep")
+            else:
+                out.append(f"{base}_shallow")
+        return tuple(out)
+
+    def engines(self) -> tuple[str, ...]:
+        """The step engines the plan calls, each once, in the plan's order."""
+        return tuple(dict.fromkeys(self.plan()))
+
+    def describe(self) -> str:
+        out = f"{self.sampler} {self.steps} steps"
+        if self.guided < self.steps:
+            out += f", guidance on the first {self.guided}"
+        if self.cache_interval > 1:
+            out += f", a full step every {self.cache_interval}"
+        return out
+
+
+# Speed presets: named sets of the knobs above, training-free. "faithful" is the official
+# sampler and stays the default; the others meet the FLOP targets per generated frame (fast <=
+# 1/4, turbo <= 1/8 of faithful; docs/presets.md has the counts). What they cost in quality is
+# unknown until measured with the real weights (hallo2rt compare, bench --against faithful).
 PRESETS = {
-    "faithful": ("ddim", 40),
-    "fast": ("dpmpp-2m", 9),
-    "turbo": ("dpmpp-2m", 4),
+    "faithful": Sampling("ddim", 40),
+    "fast": Sampling("dpmpp-2m", 12, guidance_steps=6),
+    "turbo": Sampling("dpmpp-2m", 8, guidance_steps=4, cache_interval=2),
 }
 
 

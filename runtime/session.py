@@ -27,7 +27,14 @@ from ..engines.bank import (
 )
 from ..engines.engine import Engine, open_engine
 from ..engines.manifest import EngineError
-from ..engines.spec import DTYPES, GENERATION, SUPER_RESOLUTION, EngineSpec
+from ..engines.spec import (
+    DENOISER_VARIANTS,
+    DTYPES,
+    GENERATION,
+    SPEED_ENGINES,
+    SUPER_RESOLUTION,
+    EngineSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +101,37 @@ class Session:
                 f"inputs nobody provides: {missing[:6]}; provided but not taken: {extra[:6]}); "
                 "export and build them again with this version"
             )
+        self._check_step_engines()
+
+    def _check_step_engines(self) -> None:
+        """The speed engines take denoiser_step's inputs at its shapes (a conditional-only one
+        all but cfg_scale), and each shallow engine the feature its deep partner outputs."""
+        base = {t.name: tuple(t.dims) for t in self.spec("denoiser_step").inputs}
+        for name in SPEED_ENGINES:
+            if name not in self.engines:
+                continue
+            halves, part = DENOISER_VARIANTS[name]
+            spec = self.spec(name)
+            got = {t.name: tuple(t.dims) for t in spec.inputs if t.name != "deep_feature"}
+            want = {k: v for k, v in base.items() if halves == 2 or k != "cfg_scale"}
+            if part == "shallow":  # it takes only what its layers read
+                want = {k: v for k, v in want.items() if k in got}
+            if got != want:
+                odd = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
+                raise EngineError(
+                    f"{name} does not fit denoiser_step (inputs that differ: {odd[:6]}): export "
+                    "and build both with the same checkpoints, --size and --frames"
+                )
+            partner = name.replace("_shallow", "_deep")
+            if part == "shallow" and partner in self.engines:
+                takes = next(t.dims for t in spec.inputs if t.name == "deep_feature")
+                gives = next(t.dims for t in self.spec(partner).outputs if t.name == "deep_feature")
+                if tuple(takes) != tuple(gives):
+                    raise EngineError(
+                        f"{name} takes a feature of shape {tuple(takes)} but {partner} gives "
+                        f"{tuple(gives)} (another cache branch or version): export and build "
+                        "both again with this version"
+                    )
 
     @classmethod
     def open(
@@ -110,6 +148,19 @@ class Session:
         unknown = sorted(set(overrides) - set(names))
         if unknown:
             raise EngineError(f"unknown engines {unknown}; known: {', '.join(names)}")
+        absent = [
+            n
+            for n in names
+            if n in SPEED_ENGINES and not (Path(overrides.get(n, root)) / n).is_dir()
+        ]
+        if absent:
+            only = ",".join(absent)
+            raise EngineError(
+                f"{root} has no {', '.join(absent)}: this run's speed preset calls them. Export "
+                f"and build them beside the others (hallo2rt export --checkpoints DIR --out ONNX "
+                f"--only {only}, then hallo2rt build --onnx ONNX --out {root} --only {only} "
+                "with the same backend and flags), or run --preset faithful"
+            )
         pool = None
         engines = {}
         for name in names:

@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..engines.spec import DTYPES
+from ..engines.manifest import EngineError
+from ..engines.spec import DENOISER_VARIANTS, DTYPES
 from .capture import capture_hazards
 from .sampler import DDIMSchedule
 from .session import Session
@@ -54,15 +55,30 @@ def _aligned_copy(value: torch.Tensor, dtype: torch.dtype, device: torch.device)
     return out
 
 
-def step_loop(session: Session, schedule: DDIMSchedule, cfg_scale: float, cuda_graph: bool = True):
+def step_loop(
+    session: Session,
+    schedule: DDIMSchedule,
+    cfg_scale: float,
+    cuda_graph: bool = True,
+    plan: tuple[str, ...] | None = None,
+):
     """The session's loop for these settings: made once per session, so that a CUDA graph is
-    captured once and reused by every later ``generate`` (and by timed benchmark runs)."""
-    key = ("step_loop", schedule.name, tuple(schedule.timesteps.tolist()), cfg_scale, cuda_graph)
-    return session.cached(key, lambda: StepLoop(session, schedule, cfg_scale, cuda_graph))
+    captured once and reused by every later ``generate`` (and by timed benchmark runs).
+    ``plan``: the step engine of each step (``sampler.Sampling.plan``; default: denoiser_step)."""
+    plan = plan or ("denoiser_step",) * len(schedule.timesteps)
+    timesteps = tuple(schedule.timesteps.tolist())
+    key = ("step_loop", schedule.name, timesteps, cfg_scale, cuda_graph, plan)
+    return session.cached(key, lambda: StepLoop(session, schedule, cfg_scale, cuda_graph, plan))
 
 
 class StepLoop:
-    """``loop(conditioning, noise, on_step) -> latents`` for one clip."""
+    """``loop(conditioning, noise, on_step) -> latents`` for one clip.
+
+    A speed preset's plan calls other step engines (``engines.spec.DENOISER_VARIANTS``) on the
+    same buffers: they take the same inputs (a conditional-only engine ignores cfg_scale), a
+    "deep" engine's ``deep_feature`` is copied into a buffer the loop owns (one per CFG batch)
+    and a "shallow" engine reads it there. So every plan is still one static sequence of
+    launches, captured as one graph."""
 
     def __init__(
         self,
@@ -70,12 +86,25 @@ class StepLoop:
         schedule: DDIMSchedule,
         cfg_scale: float,
         cuda_graph: bool = True,
+        plan: tuple[str, ...] | None = None,
     ):
         self.session = session
+        self.steps = len(schedule.timesteps)
+        self.plan = plan or ("denoiser_step",) * self.steps
+        if len(self.plan) != self.steps:
+            raise ValueError(f"a plan of {len(self.plan)} steps for {self.steps} time steps")
+        missing = [n for n in dict.fromkeys(self.plan) if n not in session.engines]
+        if missing:
+            raise EngineError(
+                f"this run's steps call the engines {missing}, which the session does not "
+                f"hold; export and build them (hallo2rt export --only {','.join(missing)}, "
+                "then hallo2rt build) or choose another --preset"
+            )
+        self.engines = {n: session.engines[n] for n in dict.fromkeys(self.plan)}
         self.engine = session.engines["denoiser_step"]
         self.device = self.engine.device
-        self.steps = len(schedule.timesteps)
-        dtypes = {t.name: DTYPES[t.dtype] for t in self.engine.spec.inputs}
+        engines = [*self.engines.values(), self.engine]
+        dtypes = {t.name: DTYPES[t.dtype] for e in engines for t in e.spec.inputs}
         self._dtypes = dtypes
         dev = self.device
         self.timesteps = [  # (1,) int64 each, one allocation per step
@@ -96,9 +125,29 @@ class StepLoop:
         latents = next(t for t in self.engine.spec.inputs if t.name == "latents")
         self._x = aligned_empty(latents.shape({}), dtypes["latents"], dev)
         self._m = torch.zeros_like(self._x)  # the previous step's x0 prediction (multistep)
+        self._features = {  # deep engine name -> the buffer its shallow partner reads
+            n: aligned_empty(
+                next(t for t in e.spec.outputs if t.name == "deep_feature").shape({}),
+                DTYPES[next(t for t in e.spec.outputs if t.name == "deep_feature").dtype],
+                dev,
+            )
+            for n, e in self.engines.items()
+            if DENOISER_VARIANTS.get(n, (0, ""))[1] == "deep"
+        }
+        self._check_cache_order()
         self._static: dict[str, torch.Tensor] = {}
         self._graph: torch.cuda.CUDAGraph | None = None
         self.mode = self._initial_mode(cuda_graph)
+
+    def _check_cache_order(self) -> None:
+        """Each shallow step follows a deep step of the same CFG batch (its feature's rows)."""
+        last: str | None = None
+        for i, name in enumerate(self.plan):
+            part = DENOISER_VARIANTS.get(name, (0, "full"))[1]
+            if part == "deep":
+                last = name
+            elif part == "shallow" and last != name.replace("_shallow", "_deep"):
+                raise ValueError(f"step {i} ({name}) has no deep step of its batch before it")
 
     def _initial_mode(self, cuda_graph: bool) -> str:
         if not cuda_graph:
@@ -107,24 +156,33 @@ class StepLoop:
             return "eager (a CUDA graph capture failed earlier in this process)"
         if self.device.type != "cuda":
             return "eager (CUDA graphs need a GPU)"
-        if self.engine.backend not in CAPTURABLE:
-            return f"eager ({self.engine.backend} launches are not captured here)"
-        if self.engine.spec.profiles:
-            return "eager (the denoiser has dynamic shapes)"
+        for engine in self.engines.values():
+            if engine.backend not in CAPTURABLE:
+                return f"eager ({engine.backend} launches are not captured here)"
+            if engine.spec.profiles:
+                return f"eager ({engine.spec.name} has dynamic shapes)"
         return "cuda-graph"
 
     def feeds(self, i: int) -> dict[str, torch.Tensor]:
         """Every input of step ``i``: the loop's own buffers (the addresses an engine sees)."""
-        return {
+        feed = {
             **self._static,
             "latents": self._x,
             "timestep": self.timesteps[i],
             "coef": self.coefs[i],
             "cfg_scale": self.cfg,
         }
+        name = self.plan[i]
+        if DENOISER_VARIANTS.get(name, (0, "full"))[1] == "shallow":
+            feed["deep_feature"] = self._features[name.replace("_shallow", "_deep")]
+        return feed
 
     def _step(self, i: int) -> None:
-        out = self.session.run("denoiser_step", **self.feeds(i))["next_latents"]
+        name = self.plan[i]
+        result = self.session.run(name, **self.feeds(i))
+        if name in self._features:
+            self._features[name].copy_(result["deep_feature"])
+        out = result["next_latents"]
         if self.mix is None:
             self._x.copy_(out)  # the engine reuses its output buffer
             return
@@ -132,6 +190,10 @@ class StepLoop:
         x = c[0] * self._x.float() + c[1] * out.float() + c[2] * self._m.float()
         self._m.copy_(out)
         self._x.copy_(x)
+
+    def _steps(self, indices: list[int]) -> None:
+        for i in indices:
+            self._step(i)
 
     def _load(self, const: dict[str, torch.Tensor], noise: torch.Tensor) -> None:
         """Copy a clip's conditioning and noise into the loop's buffers (allocated once)."""
@@ -180,8 +242,10 @@ class StepLoop:
         x0 = self._x.clone()
         try:
             with torch.cuda.stream(side):  # restores the current stream however this ends
-                # warm-up (allocations, autotuning, TensorRT's first enqueue) and the probe
-                hazards = capture_hazards(lambda: self._step(0))
+                # warm-up (allocations, autotuning, TensorRT's first enqueue) and the probe,
+                # one step on each engine of the plan
+                firsts = [self.plan.index(n) for n in self.engines]
+                hazards = capture_hazards(lambda: self._steps(firsts))
                 if hazards:
                     self.mode = "eager (not capturable: " + "; ".join(hazards[:3]) + ")"
                     log.warning("CUDA graph not captured: %s", self.mode)

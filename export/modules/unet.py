@@ -265,6 +265,9 @@ class _Ctx:
     motion_features: Sequence[torch.Tensor] = ()  # denoiser: per hooked block (2, M, L, C)
     image_kv: Sequence | None = None  # denoiser: cached image-token K/V per block, per row
     audio_kv: Sequence | None = None  # denoiser: cached audio K/V per block: 3 x (K, V)
+    halves: int = 2  # denoiser: 2 = [uncond, cond] rows, 1 = the conditional half alone
+    branch: int = -1  # feature cache branch (``Denoiser.forward``); -1: no cache
+    kept: torch.Tensor | None = None  # a deep call: the feature a shallow call resumes from
 
 
 class _UNet(nn.Module):
@@ -374,6 +377,8 @@ class _UNet(nn.Module):
         x = mid.resnets[1](x, mid.resnets[1].time_bias(ctx.temb))
         for i, blk in enumerate(self.up_blocks):
             for j, res in enumerate(blk.resnets):
+                if i == n - 1 and j == len(blk.resnets) - 1 - ctx.branch:
+                    ctx.kept = x  # where a shallow call resumes (ctx.branch >= 0 only)
                 x = torch.cat([x, skips.pop()], dim=1)
                 x = self._layer(blk, "up", n - 1 - i, j, res(x, res.time_bias(ctx.temb)), ctx)
                 if ctx.stop:
@@ -381,6 +386,41 @@ class _UNet(nn.Module):
             if hasattr(blk, "upsamplers"):
                 x = blk.upsamplers[0](x)
         return x
+
+    def run_shallow(self, x: torch.Tensor, cached: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
+        """The cheap traversal of a feature cache (DeepCache, Ma et al. 2024) at ``ctx.branch``
+        = b: the first b layers of the top down block, then the last b + 1 layers of the top up
+        block resumed from ``cached`` (a deep call's ``ctx.kept``), each taking the skip it
+        takes in ``run``. Everything below is not computed: its output is the cached feature."""
+        b, top, down = ctx.branch, self.up_blocks[-1], self.down_blocks[0]
+        skips = [x]
+        for j in range(b):
+            res = down.resnets[j]
+            x = self._layer(down, "down", 0, j, res(x, res.time_bias(ctx.temb)), ctx)
+            skips.append(x)
+        layers = len(top.resnets)
+        if hasattr(top, "attentions"):  # the top up block's hooked blocks are the last ones
+            ctx.hooked = len(self.hooked_blocks) - (b + 1)
+        x = cached
+        for j in range(layers - 1 - b, layers):
+            res = top.resnets[j]
+            x = torch.cat([x, skips.pop()], dim=1)
+            x = self._layer(top, "up", 0, j, res(x, res.time_bias(ctx.temb)), ctx)
+        return x
+
+    def cache_branches(self) -> int:
+        """How many feature-cache branches there are: 0 .. layers_per_block."""
+        return self.cfg.layers_per_block + 1
+
+    def cached_feature_shape(self, branch: int, rows: int, latent: int) -> tuple[int, ...]:
+        """The shape of the feature a deep call keeps for a shallow one at ``branch``."""
+        if not 0 <= branch < self.cache_branches():
+            raise ValueError(f"cache branch {branch}: must lie in 0..{self.cache_branches() - 1}")
+        top = self.up_blocks[-1]
+        first = len(top.resnets) - 1 - branch
+        ch = self.cfg.block_out_channels
+        width = (ch[1] if len(ch) > 1 else ch[0]) if first == 0 else ch[0]
+        return (rows, width, latent, latent)
 
 
 class ReferenceNet(_UNet):
@@ -463,7 +503,7 @@ class Denoiser(_UNet):
         audio = ctx.audio if ctx.audio_kv is None else ctx.audio_kv[ctx.hooked - 1]
         x = blk.audio_modules[j](x, audio, masks, ctx.motion_scale)
         motion = ctx.motion_features[ctx.hooked - 1]
-        return blk.motion_modules[j](x, motion, 2)
+        return blk.motion_modules[j](x, motion, ctx.halves)
 
     def reference_kv(
         self, ref_features: Sequence[torch.Tensor]
@@ -491,13 +531,15 @@ class Denoiser(_UNet):
         # official interleaving: frame j reads ref[(F + j) % 2]. Made on the device by arange,
         # not from a Python list: a list is a host-to-device copy, illegal in a CUDA graph capture
         rows = (torch.arange(f, device=x.device) + f) % 2
-        a_u = tb.attn1(n1[:f])  # uncond half: plain self-attention, no reference
-        k_self, v_self = tb.attn1.project_kv(n1[f:])
+        cond = n1[f:] if ctx.halves == 2 else n1  # the conditional rows
+        k_self, v_self = tb.attn1.project_kv(cond)
         k = torch.cat([k_self, k_ref.index_select(0, rows).to(k_self.dtype)], dim=1)  # (F, 2L, C)
         v = torch.cat([v_self, v_ref.index_select(0, rows).to(v_self.dtype)], dim=1)
-        a_c = tb.attn1.attend(tb.attn1.to_q(n1[f:]), k, v)
+        a = tb.attn1.attend(tb.attn1.to_q(cond), k, v)
+        if ctx.halves == 2:  # uncond half: plain self-attention, no reference
+            a = torch.cat([tb.attn1(n1[:f]), a])
         tokens = ctx.tokens if ctx.image_kv is None else ctx.image_kv[ctx.hooked - 1]
-        t = tb.tail(torch.cat([a_u, a_c]) + t, tokens)
+        t = tb.tail(a + t, tokens)
         return st.tokens_out(t, x)
 
     def audio_attentions(self, block: str) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -543,7 +585,9 @@ class Denoiser(_UNet):
         lip_masks: Sequence[torch.Tensor],
         motion_scale: torch.Tensor,
         token_kv: tuple[list | None, list | None] = (None, None),
-    ) -> torch.Tensor:
+        branch: int = -1,
+        cached: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """One official denoiser call on both CFG halves.
 
         sample (2, 4, F, h, w) [uncond, cond] latents; timestep () or (1,); image_tokens
@@ -555,24 +599,41 @@ class Denoiser(_UNet):
         [pose, face, lip]. token_kv: ``token_kv(image_tokens, audio_tokens)`` computed once
         per video / clip; where given, those tokens are not projected again (and may be None).
         Returns the v-prediction (2, 4, F, h, w).
+
+        Speed presets (not the official path): a batch of 1 is the conditional half alone, every
+        per-half input then holding that half only (ref_kv stays (2, L, C): the conditional
+        frames read both reference rows). ``branch`` >= 0 caches features (``run_shallow``):
+        without ``cached`` the full traversal also returns the feature a shallow call resumes
+        from, ``(v, feature)``; with ``cached`` (that feature) only the shallow part runs.
         """
         b, c, f, h, w = sample.shape
-        if b != 2:
-            raise ValueError(f"sample must hold the two CFG halves [uncond, cond], got batch {b}")
+        if b not in (1, 2):
+            raise ValueError(
+                f"sample must hold the two CFG halves [uncond, cond] or the conditional one, "
+                f"got batch {b}"
+            )
+        if cached is not None and branch < 0:
+            raise ValueError("a cached feature needs its cache branch")
         rows = b * f
         x = sample.transpose(1, 2).reshape(rows, c, h, w)
         face = face_feature.transpose(1, 2).expand(b, f, -1, h, w).reshape(rows, -1, h, w)
         n_levels = len(self.down_blocks)
 
-        def per_row(masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        # a shallow call (``cached``) gives None for what its layers do not read
+        def per_row(masks: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
             return [
-                masks[i].reshape(-1, masks[i].shape[-1]).expand(f, -1).repeat(b, 1)
-                for i in range(n_levels)
+                None if m is None else m.reshape(-1, m.shape[-1]).expand(f, -1).repeat(b, 1)
+                for m in masks[:n_levels]
             ]  # (2F, L_level)
 
         image_kv, audio_kv = token_kv
         if image_kv is not None:  # per CFG half -> per row, as the tokens would be
-            image_kv = [(k.repeat_interleave(f, 0), v.repeat_interleave(f, 0)) for k, v in image_kv]
+            image_kv = [
+                None
+                if kv is None
+                else (kv[0].repeat_interleave(f, 0), kv[1].repeat_interleave(f, 0))
+                for kv in image_kv
+            ]
         ctx = _Ctx(
             temb=self.time_embed(timestep),
             tokens=None if image_kv else image_tokens.repeat_interleave(f, dim=0),  # (2F, T, Ctx)
@@ -583,8 +644,15 @@ class Denoiser(_UNet):
             masks=(per_row(full_masks), per_row(face_masks), per_row(lip_masks)),
             motion_scale=motion_scale.to(x.dtype),
             ref_kv=ref_kv,
-            motion_features=[round_to_fp16(m) for m in motion_features],
+            motion_features=[None if m is None else round_to_fp16(m) for m in motion_features],
+            halves=b,
+            branch=branch,
         )
-        x = self.run(self.conv_in(x) + face, ctx)
+        x = self.conv_in(x) + face
+        x = self.run(x, ctx) if cached is None else self.run_shallow(x, cached, ctx)
         x = self.conv_out(F.silu(self.conv_norm_out(x)))
-        return x.reshape(b, f, -1, h, w).transpose(1, 2)
+        v = x.reshape(b, f, -1, h, w).transpose(1, 2)
+        if branch >= 0 and cached is None:
+            assert ctx.kept is not None
+            return v, ctx.kept
+        return v

@@ -164,3 +164,25 @@ def test_bench_sr_only_reports_the_stage_split(tmp_path, capsys):
     assert total == pytest.approx(sr["seconds"], rel=1e-6)
     assert "Super-resolution x2 (64 -> 128 px)" in capsys.readouterr().out
     assert main([*argv[:-3], "--sr-only"]) == 1  # --sr-only without --upscale
+
+
+def test_bench_a_preset_against_faithful_reports_speedup_beside_deviation(tmp_path, capsys):
+    """bench --preset turbo --against faithful: both rendered from the same inputs on one
+    session (its speed engines included), the speed-up reported with PSNR/SSIM (whole frame and
+    mouth region) and the frame checks."""
+    out = tmp_path / "b.jsonl"
+    argv = ["bench", "--random", "tiny", "--size", "64", "--preset", "turbo", "--steps", "3"]
+    argv += ["--clips", "1", "--repeats", "1", "--warmup", "0", "--against", "faithful"]
+    assert main([*argv, "--json", str(out)]) == 0
+    records = _records(out)
+    against = next(r for r in records if r["kind"] == "against")
+    assert against["against"] == "faithful" and against["frames_compared"] == 16
+    assert against["sampling"] == "dpmpp-2m 3 steps, a full step every 2"
+    assert against["speedup"] > 0 and against["problems"] == []
+    assert 0 < against["psnr_mean"] < 100 and -1 <= against["ssim_mean"] <= 1
+    engines = {r["engine"] for r in records if r["kind"] == "engine"}
+    assert {"denoiser_deep", "denoiser_shallow"} <= engines
+    text = capsys.readouterr().out
+    assert "Against --preset faithful (ddim 40 steps)" in text
+    assert main([*argv, "--sr-only", "--upscale", "2"]) == 1
+    assert "takes no --against" in capsys.readouterr().err

@@ -226,6 +226,24 @@ CASES = [
     ),
     Case("cfg-inf", lambda w, t: generate(w, _out(t), "--cfg", "inf"), 1, ("--cfg",)),
     Case(
+        "preset-engines-not-built",
+        lambda w, t: generate(w, _out(t), "--preset", "fast", "--guidance-steps", "0"),
+        1,
+        ("has no denoiser_cond", "hallo2rt export", "--only denoiser_cond", "--preset faithful"),
+    ),
+    Case(
+        "guidance-steps-beyond-steps",
+        lambda w, t: generate(w, _out(t), "--guidance-steps", "3"),
+        1,
+        ("--guidance-steps 3: must be between 0 (no guidance) and --steps (1)",),
+    ),
+    Case(
+        "cache-interval-0",
+        lambda w, t: generate(w, _out(t), "--cache-interval", "0"),
+        1,
+        ("--cache-interval 0: must be between 1 (no cache)",),
+    ),
+    Case(
         "frames-1",
         lambda w, t: generate(w, _out(t), "--frames", "1"),
         1,

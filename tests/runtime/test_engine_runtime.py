@@ -241,9 +241,98 @@ def test_the_dpmpp_loop_on_the_engine_equals_diffusers_driven_by_the_same_engine
     torch.testing.assert_close(got, x, rtol=1e-4, atol=1e-4)
 
 
-def test_presets_and_sampler_reach_the_run(ort_dir, tmp_path, capsys):
-    """generate --preset fast runs the DPM-Solver++ loop with fewer steps; explicit knobs
-    override the preset's; the default stays the faithful DDIM 40-step run."""
+@pytest.fixture(scope="module")
+def speed_dir(ort_dir, tiny_root, tiny_onnx, tmp_path_factory):
+    """ort_dir plus three speed engines (denoiser_cond, _deep, _shallow) exported from the same
+    tree and built with ONNX Runtime (their export checks parity with the torch wrappers)."""
+    from hallo2rt.export.onnx import export_engines
+
+    onnx = tmp_path_factory.mktemp("speed_onnx")
+    names = ["denoiser_cond", "denoiser_deep", "denoiser_shallow"]
+    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"].shapes)
+    export_engines(tiny_root, onnx, names, shapes)
+    build_engines(onnx, ort_dir, BuildConfig("onnxruntime"), only=names)
+    return ort_dir
+
+
+def _clip_inputs(session, seed=3):
+    from hallo2rt.engines.bank import LOOP_INPUTS
+    from hallo2rt.engines.spec import random_feed
+
+    spec = session.spec("denoiser_step")
+    feed = random_feed(spec, spec.sizes("opt"), seed=seed)
+    const = {k: v for k, v in feed.items() if k not in LOOP_INPUTS}
+    noise = torch.randn(feed["latents"].shape, generator=torch.Generator().manual_seed(0))
+    return const, noise
+
+
+def test_speed_plans_on_onnx_runtime_engines_equal_the_torch_engines(speed_dir, tiny, tiny_onnx):
+    """The step loop of a guidance-truncated and of a cached plan on the ORT engines ends
+    where the same plan ends on the torch wrappers of the same weights."""
+    from hallo2rt.runtime.sampler import Sampling, schedule
+
+    names = ("denoiser_step", "denoiser_cond", "denoiser_deep", "denoiser_shallow")
+    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"].shapes)
+    torch_session = session_from_pretrained(tiny, shapes, names=names)
+    ort_session = Session.open(speed_dir, names=names)
+    plans = [
+        Sampling("dpmpp-2m", 5, guidance_steps=2),
+        Sampling("ddim", 5, cache_interval=2),
+    ]
+    for sampling in plans:
+        ends = []
+        for session in (torch_session, ort_session):
+            with session:
+                const, noise = _clip_inputs(session)
+                loop = StepLoop(session, schedule(sampling.sampler, 5), 3.5, plan=sampling.plan())
+                ends.append(loop(const, noise))
+        assert torch.isfinite(ends[0]).all()
+        torch.testing.assert_close(ends[1], ends[0], rtol=1e-4, atol=1e-4)
+
+
+def test_the_loop_hands_the_deep_feature_to_the_shallow_steps(tiny, tiny_onnx):
+    """A cached DDIM plan through StepLoop equals the same plan written out by hand on the
+    export wrappers; conditional-only steps at cfg 1 equal guided ones."""
+    from hallo2rt.export.graphs import build_graph
+    from hallo2rt.runtime.sampler import Sampling
+
+    shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"].shapes)
+    sampling = Sampling("ddim", 5, guidance_steps=3, cache_interval=2)
+    session = session_from_pretrained(tiny, shapes, names=("denoiser_step", *sampling.engines()))
+    sched = ddim_schedule(5)
+    with session:
+        const, noise = _clip_inputs(session)
+        got = StepLoop(session, sched, 3.5, plan=sampling.plan())(const, noise)
+    graphs = {n: build_graph(n, tiny, shapes) for n in sampling.engines()}
+    x, feature = noise.clone(), {}
+    with torch.no_grad():
+        for i, name in enumerate(sampling.plan()):
+            feed = {
+                **const,
+                "latents": x,
+                "timestep": sched.timesteps[i].reshape(1),
+                "coef": torch.stack([sched.a[i], sched.b[i]]),
+                "cfg_scale": torch.tensor([3.5]),
+            }
+            feed["deep_feature"] = feature.get(name.replace("_shallow", "_deep"))
+            out = graphs[name].module(*[feed[t.name] for t in graphs[name].spec.inputs])
+            if name.endswith("_deep"):
+                feature[name] = out[1]
+            x = out[0]
+    torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-5)
+    # guidance truncation at cfg 1 changes nothing (up to rounding)
+    names = ("denoiser_step", "denoiser_cond")
+    session = session_from_pretrained(tiny, shapes, names=names)
+    with session:
+        guided = StepLoop(session, sched, 1.0)(const, noise)
+        plan = Sampling("ddim", 5, guidance_steps=1).plan()
+        truncated = StepLoop(session, sched, 1.0, plan=plan)(const, noise)
+    torch.testing.assert_close(truncated, guided, rtol=1e-4, atol=1e-4)
+
+
+def test_presets_and_sampler_reach_the_run(speed_dir, tmp_path, capsys):
+    """generate --preset fast runs DPM-Solver++ with guidance on the first half of its steps;
+    explicit knobs override the preset's; the default stays the faithful DDIM 40-step run."""
     from hallo2rt.cli import _run_config
     from hallo2rt.options import build_parser
 
@@ -251,14 +340,30 @@ def test_presets_and_sampler_reach_the_run(ort_dir, tmp_path, capsys):
         args = build_parser().parse_args(["demo", *extra])
         return _run_config(args, size=64)
 
-    assert (cfg().sampler, cfg().steps) == ("ddim", 40)
-    assert (cfg("--preset", "fast").sampler, cfg("--preset", "fast").steps) == ("dpmpp-2m", 9)
-    assert cfg("--preset", "turbo", "--steps", "6").steps == 6
+    assert cfg().sampling == RunConfig().sampling
+    fast = cfg("--preset", "fast")
+    assert (fast.sampler, fast.steps, fast.guidance_steps, fast.cache_interval) == (
+        "dpmpp-2m",
+        12,
+        6,
+        1,
+    )
+    assert cfg("--preset", "turbo", "--steps", "3").sampling.plan() == (
+        "denoiser_deep",
+        "denoiser_shallow",
+        "denoiser_deep",
+    )
     assert cfg("--preset", "fast", "--sampler", "ddim").sampler == "ddim"
+    assert cfg("--preset", "fast", "--guidance-steps", "2").guidance_steps == 2
+    assert cfg("--cache-interval", "3").sampling.engines() == ("denoiser_deep", "denoiser_shallow")
     write_audio(tmp_path / "a.wav", 0.4, rate=16000)
-    argv = _argv(ort_dir, tmp_path, tmp_path / "a.wav", tmp_path / "f.mp4", "--preset", "turbo")
-    argv.remove("--steps")
-    argv.remove("2")
-    assert main(argv) == 0
-    with av.open(str(tmp_path / "f.mp4")) as c:
-        assert c.streams.video[0].frames == 10
+    for name, extra in (
+        ("fast", ["--preset", "fast", "--steps", "3", "--guidance-steps", "1"]),
+        ("cached", ["--steps", "3", "--cache-interval", "2"]),
+    ):
+        out = tmp_path / f"{name}.mp4"
+        argv = _argv(speed_dir, tmp_path, tmp_path / "a.wav", out)
+        argv[argv.index("--steps") : argv.index("--steps") + 2] = []
+        assert main(argv + extra) == 0
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].frames == 10

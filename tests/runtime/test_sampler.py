@@ -110,3 +110,56 @@ def test_sampler_names():
     assert SAMPLERS == ("ddim", "dpmpp-2m")
     with pytest.raises(ValueError, match="--sampler euler: must be one of ddim, dpmpp-2m"):
         schedule("euler", 5)
+
+
+def test_step_plans_of_the_presets_and_the_knobs():
+    """Guided steps first, then conditional-only ones; within each run a full (deep) step every
+    N steps from the run's start, shallow steps between; faithful calls denoiser_step only."""
+    from hallo2rt.runtime.sampler import PRESETS, Sampling
+
+    assert PRESETS["faithful"] == Sampling() and set(Sampling().plan()) == {"denoiser_step"}
+    assert PRESETS["fast"].plan() == ("denoiser_step",) * 6 + ("denoiser_cond",) * 6
+    assert PRESETS["turbo"].plan() == (
+        "denoiser_deep",
+        "denoiser_shallow",
+        "denoiser_deep",
+        "denoiser_shallow",
+        "denoiser_cond_deep",
+        "denoiser_cond_shallow",
+        "denoiser_cond_deep",
+        "denoiser_cond_shallow",
+    )
+    # a run of 3 guided steps with interval 2: the conditional run starts with a full step
+    plan = Sampling("ddim", 7, guidance_steps=3, cache_interval=2).plan()
+    assert plan == (
+        "denoiser_deep",
+        "denoiser_shallow",
+        "denoiser_deep",
+        "denoiser_cond_deep",
+        "denoiser_cond_shallow",
+        "denoiser_cond_deep",
+        "denoiser_cond_shallow",
+    )
+    assert Sampling("ddim", 4, guidance_steps=0).plan() == ("denoiser_cond",) * 4
+    assert Sampling("ddim", 5, cache_interval=5).engines() == ("denoiser_deep", "denoiser_shallow")
+    assert PRESETS["turbo"].describe() == (
+        "dpmpp-2m 8 steps, guidance on the first 4, a full step every 2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 4, "guidance_steps": 5}, "--guidance-steps 5: must be between 0"),
+        ({"steps": 4, "guidance_steps": -1}, "--guidance-steps -1"),
+        ({"steps": 4, "cache_interval": 0}, "--cache-interval 0: must be between 1"),
+        ({"steps": 4, "cache_interval": 5}, "--cache-interval 5"),
+        ({"sampler": "euler"}, "--sampler euler"),
+    ],
+)
+def test_bad_speed_knobs_are_named(kwargs, message):
+    from hallo2rt.engines.errors import OptionError
+    from hallo2rt.runtime.sampler import Sampling
+
+    with pytest.raises(OptionError, match=message):
+        Sampling(**kwargs)
