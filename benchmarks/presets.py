@@ -2,6 +2,7 @@
 their speed and deviation from the faithful output, measured in one run.
 
     python -m hallo2rt.benchmarks.presets --out benchmarks/results/presets   # tiny demo model
+    python -m hallo2rt.benchmarks.presets --full-size 64   # released architecture at 64 px
 
 Cost: each step engine's TFLOP counted on its full-size graph (``benchmarks/flops.py``: 512
 px, 16 frames); a preset's cost per frame is the sum over its step plan plus the official
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from .compare import compare_videos
 
@@ -101,6 +104,50 @@ def measure(out: Path, cache: Path, log=print) -> list[dict]:
     return list(rows.values())
 
 
+def measure_full_size(size: int = 64, log=print) -> list[dict]:
+    """One 16-frame clip per preset on the released architecture (seeded random weights built
+    in memory, fp32, CPU) at ``size`` px: seconds per clip from ``generate`` (the per-video
+    work, the clip's steps, the decode and the frames to the host; no audio model, no encoding:
+    random audio features), after one untimed faithful 1-step clip (first-call costs)."""
+    from ..assemble import session_from_pretrained
+    from ..engines.spec import SPEED_ENGINES, run_engines
+    from ..export.checkpoints import GENERATION_COMPONENTS
+    from ..export.graphs import GraphShapes
+    from ..random_weights import random_pretrained
+    from ..runtime.pipeline import RunConfig, generate
+    from ..runtime.sampler import PRESETS
+    from .bench import _features, _portrait
+
+    log("building the full-size model with random weights in memory ...")
+    pre = random_pretrained("full", components=GENERATION_COMPONENTS)
+    names = run_engines(steps=SPEED_ENGINES)
+    session = session_from_pretrained(pre, GraphShapes(size=size, frames=16), "cpu", False, names)
+    rows = {r["preset"]: r for r in costs()}
+    with session, torch.inference_mode():
+        portrait = _portrait(size, session.embedding_dim)
+        feats = _features(session, 16)
+        for _ in generate(session, portrait, feats, RunConfig(steps=1, size=size)):
+            pass
+        for name, p in PRESETS.items():
+            cfg = RunConfig(
+                size=size,
+                sampler=p.sampler,
+                steps=p.steps,
+                guidance_steps=p.guidance_steps,
+                cache_interval=p.cache_interval,
+            )
+            start = time.perf_counter()
+            for _ in generate(session, portrait, feats, cfg):
+                pass
+            rows[name]["seconds_per_clip"] = round(time.perf_counter() - start, 2)
+            log(f"{name}: {rows[name]['seconds_per_clip']} s per clip")
+    base = rows["faithful"]["seconds_per_clip"]
+    for row in rows.values():
+        row["speedup"] = round(base / row["seconds_per_clip"], 2)
+        row["size"] = size
+    return list(rows.values())
+
+
 def markdown(rows: list[dict]) -> str:
     head = (
         "| preset | sampler | steps | guided steps | cache interval | TFLOP/frame (full size) "
@@ -108,9 +155,13 @@ def markdown(rows: list[dict]) -> str:
     )
     rule = "|---|---|---|---|---|---|---|"
     measured = "seconds" in rows[0]
+    full = "seconds_per_clip" in rows[0]
     if measured:
         head += " CPU s (tiny) | speed-up | PSNR vs faithful mean / min (dB) | SSIM mean |"
         rule += "---|---|---|---|"
+    if full:
+        head += f" CPU s per clip (full size, {rows[0]['size']} px) | speed-up |"
+        rule += "---|---|"
     lines = [head, rule]
     for r in rows:
         line = (
@@ -122,6 +173,8 @@ def markdown(rows: list[dict]) -> str:
                 f" {r['seconds']} | {r['speedup']}x | {r['psnr_mean']} / {r['psnr_min']} | "
                 f"{r['ssim_mean']} |"
             )
+        if full:
+            line += f" {r['seconds_per_clip']} | {r['speedup']}x |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -133,9 +186,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="keep the videos, presets.jsonl and presets.md here")
     p.add_argument("--cache", type=Path, default=cache_dir(), help="the demo model's cache")
     p.add_argument("--cost-only", action="store_true", help="only the full-size FLOP table")
+    p.add_argument(
+        "--full-size",
+        type=int,
+        metavar="PX",
+        help="instead: one clip per preset on the released architecture (random weights) at PX",
+    )
     args = p.parse_args(argv)
     if args.cost_only:
         print(markdown(costs()))
+        return 0
+    if args.full_size:
+        rows = measure_full_size(
+            args.full_size, log=lambda s: print(s, file=sys.stderr, flush=True)
+        )
+        print(markdown(rows))
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "presets-full.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rows)
+            )
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)

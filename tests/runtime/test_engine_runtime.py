@@ -189,20 +189,34 @@ def test_a_session_refuses_engines_that_do_not_fit_together(ort_dir):
 
 
 @pytest.mark.gpu
-def test_cuda_graph_loop_equals_eager_steps(tiny, tiny_onnx):
+@pytest.mark.parametrize("preset", ["faithful", "fast", "turbo"])
+def test_cuda_graph_loop_equals_eager_steps(tiny, tiny_onnx, preset):
+    """Every preset's whole step loop is one CUDA graph, and it equals per-step launches."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU: the CUDA-graph step loop is NOT tested")
+    from hallo2rt.runtime.sampler import PRESETS, schedule
+
+    p = PRESETS[preset]
+    cfg = RunConfig(
+        steps=min(p.steps, 4),
+        sampler=p.sampler,
+        guidance_steps=None if p.guidance_steps is None else 2,
+        cache_interval=p.cache_interval,
+        frames=4,
+    )
     shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"].shapes)
-    session = session_from_pretrained(tiny, shapes, "cuda")
+    names = ("denoiser_step", *cfg.sampling.engines())
+    session = session_from_pretrained(tiny, shapes, "cuda", names=names)
     portrait = _portrait(session.size)
     feats = torch.randn(8, 2, 32, generator=torch.Generator().manual_seed(3))
-    cfg = RunConfig(steps=3, frames=4)
     with session:
         off = dataclasses.replace(cfg, cuda_graph=False)
         eager = [c.frames for c in generate(session, portrait, feats, off)]
         graph = [c.frames for c in generate(session, portrait, feats, cfg)]
         # the graph really ran: no silent fall back to per-step launches
-        assert step_loop(session, ddim_schedule(3), cfg.cfg_scale).mode == "cuda-graph"
+        sched = schedule(cfg.sampler, cfg.steps)
+        loop = step_loop(session, sched, cfg.cfg_scale, plan=cfg.sampling.plan())
+        assert loop.mode == "cuda-graph"
     assert all(_psnr(a, b).min() >= 40 for a, b in zip(eager, graph, strict=True))
 
 
@@ -243,12 +257,13 @@ def test_the_dpmpp_loop_on_the_engine_equals_diffusers_driven_by_the_same_engine
 
 @pytest.fixture(scope="module")
 def speed_dir(ort_dir, tiny_root, tiny_onnx, tmp_path_factory):
-    """ort_dir plus three speed engines (denoiser_cond, _deep, _shallow) exported from the same
-    tree and built with ONNX Runtime (their export checks parity with the torch wrappers)."""
+    """ort_dir plus the five speed step engines exported from the same tree and built with ONNX
+    Runtime (export checks each against its torch wrapper, build against its ONNX)."""
+    from hallo2rt.engines.spec import SPEED_ENGINES
     from hallo2rt.export.onnx import export_engines
 
     onnx = tmp_path_factory.mktemp("speed_onnx")
-    names = ["denoiser_cond", "denoiser_deep", "denoiser_shallow"]
+    names = list(SPEED_ENGINES)
     shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"].shapes)
     export_engines(tiny_root, onnx, names, shapes)
     build_engines(onnx, ort_dir, BuildConfig("onnxruntime"), only=names)
@@ -267,24 +282,27 @@ def _clip_inputs(session, seed=3):
 
 
 def test_speed_plans_on_onnx_runtime_engines_equal_the_torch_engines(speed_dir, tiny, tiny_onnx):
-    """The step loop of a guidance-truncated and of a cached plan on the ORT engines ends
-    where the same plan ends on the torch wrappers of the same weights."""
+    """The step loop of a guidance-truncated plan and of a cached one (turbo's shape: guided
+    and conditional-only deep/shallow pairs) on the ORT engines ends where the same plan ends
+    on the torch wrappers of the same weights."""
+    from hallo2rt.engines.spec import SPEED_ENGINES
     from hallo2rt.runtime.sampler import Sampling, schedule
 
-    names = ("denoiser_step", "denoiser_cond", "denoiser_deep", "denoiser_shallow")
+    names = ("denoiser_step", *SPEED_ENGINES)
     shapes = GraphShapes(**tiny_onnx[1]["denoiser_step"].shapes)
     torch_session = session_from_pretrained(tiny, shapes, names=names)
     ort_session = Session.open(speed_dir, names=names)
     plans = [
         Sampling("dpmpp-2m", 5, guidance_steps=2),
-        Sampling("ddim", 5, cache_interval=2),
+        Sampling("dpmpp-2m", 6, guidance_steps=3, cache_interval=2),
     ]
     for sampling in plans:
         ends = []
         for session in (torch_session, ort_session):
             with session:
                 const, noise = _clip_inputs(session)
-                loop = StepLoop(session, schedule(sampling.sampler, 5), 3.5, plan=sampling.plan())
+                sched = schedule(sampling.sampler, sampling.steps)
+                loop = StepLoop(session, sched, 3.5, plan=sampling.plan())
                 ends.append(loop(const, noise))
         assert torch.isfinite(ends[0]).all()
         torch.testing.assert_close(ends[1], ends[0], rtol=1e-4, atol=1e-4)
