@@ -83,7 +83,8 @@ class BenchConfig:
                 raise OptionError(f"BenchConfig.{name} = {getattr(self, name)} must be >= 1")
         if self.warmup < 0:
             raise OptionError(f"BenchConfig.warmup = {self.warmup} must be >= 0")
-        if self.baseline and self.sampling != PRESETS["faithful"]:
+        official = Sampling("ddim", self.steps)  # the official loop, at any step count
+        if self.baseline and self.sampling != official:
             raise OptionError(
                 "--baseline official runs the official DDIM loop; this run's "
                 f"{self.sampling.describe()} would be compared with another sampler: bench a "
