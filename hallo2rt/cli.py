@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from hallo2rt.console import build_progress, export_progress, frame_counter, progress_printer
 from hallo2rt.demo import DEMO_SIZE
@@ -113,9 +114,23 @@ def _face_analysis_dir(args: argparse.Namespace) -> Path:
     return args.checkpoints / "face_analysis" / "models"
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+@dataclasses.dataclass(frozen=True)
+class GenerateInputs:
+    """What a ``generate`` run needs besides its session, checked (``prepare_generate``)."""
+
+    cfg: Any  # runtime.pipeline.RunConfig (size and frames: the engines' once they open)
+    face_box: tuple
+    lip_box: tuple | None
+    embedding: Any  # (512,) numpy array
+    separate: Any = None  # the vocal separator, or None
+
+
+def prepare_generate(args: argparse.Namespace) -> GenerateInputs:
+    """Every check of ``generate`` that needs no weights: the output path, the options, the
+    boxes and embedding; without a face box or embedding the portrait's face is found now (the
+    face-analysis models only). Shared by ``hallo2rt generate`` and the server's job intake, so
+    both give the same messages."""
     from hallo2rt.runtime.media import check_output
-    from hallo2rt.runtime.pipeline import generate_video
     from hallo2rt.runtime.portrait import load_embedding, parse_box
 
     check_output(args.out, image=args.image, audio=args.audio)  # before any weight loads
@@ -142,6 +157,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         embedding = emb if embedding is None else embedding
         if face_box is None:
             face_box, lip_box = box, lip_box or lips
+    return GenerateInputs(cfg, face_box, lip_box, embedding, separate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from hallo2rt.runtime.pipeline import generate_video
+
+    job = prepare_generate(args)
+    cfg = job.cfg
     session = _session(args, upscale=args.upscale != 1, steps=cfg.sampling.plan())
     if not args.quiet:  # say which step loop ran (CUDA graph or per-step launches) and why
         logging.getLogger("hallo2rt.runtime.pipeline").setLevel(logging.INFO)
@@ -155,12 +178,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             args.image,
             args.audio,
             args.out,
-            face_box,
-            embedding,
+            job.face_box,
+            job.embedding,
             cfg,
-            lip_box=lip_box,
+            lip_box=job.lip_box,
             progress=progress_printer(args.quiet),
-            separate=separate,
+            separate=job.separate,
         )
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -374,6 +397,88 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return ERROR_EXIT if failed else 0
 
 
+def _token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise OptionError(f"--token-file {path}: cannot read it ({exc.strerror})") from None
+    if not token:
+        raise OptionError(f"--token-file {path} is empty: put the token in it")
+    return token
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hallo2rt.serve.jobs import ServeConfig
+
+    try:
+        from hallo2rt.serve.app import run_server
+    except ImportError as exc:
+        raise OptionError(
+            f"hallo2rt serve needs Ray Serve and FastAPI ({exc.name} is missing): "
+            'pip install "hallo2rt[serve]"'
+        ) from None
+    config = ServeConfig(
+        engines=args.engines,
+        checkpoints=args.checkpoints,
+        results=args.results.resolve(),
+        replicas=args.replicas,
+        device=None if args.device == "auto" else args.device,
+        dtype=args.dtype,
+        size=args.size,
+        keep_seconds=args.keep_hours * 3600,
+        max_queue=args.max_queue,
+        max_upload_mb=args.max_upload_mb,
+        max_audio_seconds=args.max_audio_seconds,
+        token=_token(args.token_file),
+        threads=args.threads,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
+        print(
+            f"warning: serving on {args.host} without --token-file: anyone who reaches this "
+            "port can use the GPUs",
+            file=sys.stderr,
+        )
+    run_server(
+        config,
+        args.host,
+        args.port,
+        args.address,
+        page=not args.no_page,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from hallo2rt.runtime.media import check_output
+    from hallo2rt.serve.client import Client
+
+    check_output(args.out, image=args.image, audio=args.audio)
+    client = Client(args.url, _token(args.token_file))
+    names = ("face_box", "lip_box", "preset", "sampler", "steps", "guidance_steps")
+    names += ("cache_interval", "seed", "cfg", "pose_weight", "face_weight", "lip_weight")
+    options = {n: getattr(args, n) for n in (*names, "face_expand_ratio")}
+    job = client.submit(args.image, args.audio, args.face_embedding, **options)
+    print(f"job {job} queued at {args.url}", file=sys.stderr)
+
+    def show(state: dict) -> None:
+        if not args.quiet and state["state"] == "running":
+            print(
+                f"\rclip {state['clip']}/{state['clips']}  step {state['step']}/{state['steps']}"
+                f"  {state['fps']:.2f} frames/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    client.wait(job, show)
+    client.download(job, args.out)
+    print(("" if args.quiet else "\n") + f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "generate": cmd_generate,
     "upscale": cmd_upscale,
@@ -384,6 +489,8 @@ COMMANDS = {
     "bench": cmd_bench,
     "proof": cmd_proof,
     "compare": cmd_compare,
+    "serve": cmd_serve,
+    "submit": cmd_submit,
 }
 
 

@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "doctor": "report what this machine can run (GPU, CUDA, TensorRT, ONNX Runtime)",
     "proof": "run every GPU check and measurement of the project in one time budget",
     "compare": "how far one video is from another: per-frame PSNR and SSIM, mouth, audio",
+    "serve": "serve generation over HTTP (an API and a web page) on Ray Serve",
+    "submit": "send a job to a hallo2rt server, follow it and download the video",
 }
 
 
@@ -378,4 +380,46 @@ def build_parser() -> argparse.ArgumentParser:
                 help="where the tiny random model is kept between runs",
             )
             _add_run_options(p)
+        elif name == "serve":
+            _add_serve_options(p)
+        elif name == "submit":
+            _add_submit_options(p)
     return parser
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--engines", type=Path, help="engines built by `hallo2rt build`")
+    src.add_argument("--checkpoints", type=Path, help="the official pretrained_models/ (PyTorch)")
+    p.add_argument("--replicas", type=int, default=1, help="generator replicas (one GPU each)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this host only)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto, or head-ip:6379)")
+    p.add_argument(
+        "--results", type=Path, default=Path("hallo2rt-results"), help="where videos are kept"
+    )
+    p.add_argument("--keep-hours", type=float, default=24.0, help="keep finished videos this long")
+    p.add_argument("--max-queue", type=int, default=16, help="jobs waiting or running; more: 429")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest uploaded file")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest audio")
+    p.add_argument("--token-file", type=Path, help="require 'Authorization: Bearer <its text>'")
+    p.add_argument("--device", default="auto", help="cpu or cuda (auto: the engines' own)")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="--checkpoints only")
+    p.add_argument("--size", type=int, default=512, help="--checkpoints only: the generated side")
+    p.add_argument("--no-page", action="store_true", help="the API only, no web page")
+
+
+def _add_submit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
+    p.add_argument("--image", required=True, type=Path, help="portrait image")
+    p.add_argument("--audio", required=True, type=Path, help="driving audio")
+    p.add_argument("--out", required=True, type=Path, help="where to write the MP4")
+    p.add_argument("--face-embedding", type=Path, help="the face's ArcFace embedding (.npy)")
+    p.add_argument("--token-file", type=Path, help="a file holding the server's bearer token")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    for name in ("face_box", "lip_box", "preset", "sampler"):
+        p.add_argument(f"--{name.replace('_', '-')}", help="as in generate")
+    for name in ("steps", "guidance_steps", "cache_interval", "seed"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, help="as in generate")
+    for name in ("cfg", "pose_weight", "face_weight", "lip_weight", "face_expand_ratio"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, help="as in generate")

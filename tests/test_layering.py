@@ -17,6 +17,7 @@ PACKAGES = {
     "engines": "hallo2rt.engines",
     "runtime": "hallo2rt.runtime",
     "benchmarks": "hallo2rt.benchmarks",
+    "serve": "hallo2rt.serve",
     "hallo2rt": "hallo2rt",
 }
 TOP = ("cli", "assemble", "demo", "random_weights")  # hallo2rt's own modules: may import anything

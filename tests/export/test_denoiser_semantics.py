@@ -292,10 +292,22 @@ def test_reference_net_token_tiling_and_first_bank_entry(tiny):
     )
 
 
-def test_denoiser_requires_both_cfg_halves(tiny, base):
-    kw, _ = base
+def test_the_conditional_half_alone_is_the_conditional_half_of_both(tiny, base):
+    """A batch of 1 (the speed presets' guidance truncation) is the conditional half: every
+    per-half input cut to its conditional row gives the conditional rows of the two-half call;
+    the reference rows stay both (the conditional frames read both). Other batches fail."""
+    kw, v = base
+    cond = dict(
+        kw,
+        sample=kw["sample"][1:],
+        image_tokens=kw["image_tokens"][1:],
+        audio_tokens=kw["audio_tokens"][1:],
+        face_feature=kw["face_feature"][1:],
+        motion_features=[m[1:] for m in kw["motion_features"]],
+    )
+    torch.testing.assert_close(run(tiny["denoiser"], cond), v[1:], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="two CFG halves"):
-        run(tiny["denoiser"], dict(kw, sample=kw["sample"][:1]))
+        run(tiny["denoiser"], dict(kw, sample=torch.cat([kw["sample"]] * 2)[:3]))
 
 
 def test_cached_token_kv_gives_the_same_v(tiny, base):

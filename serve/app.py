@@ -1,0 +1,100 @@
+"""The Ray Serve application of ``hallo2rt serve``: a generator deployment and an HTTP ingress.
+
+- ``Generator`` (``serve.worker``): each replica opens one ``Session`` once and takes one job at
+  a time (``max_ongoing_requests=1``); it asks Ray for one GPU where the cluster has GPUs, one
+  CPU otherwise, so replicas spread over the cluster's GPUs (``--replicas``).
+- ``Ingress``: the FastAPI app (``serve.api``) and the job manager (``serve.manager``); it
+  streams each job from a free generator replica through a Ray Serve handle.
+
+``run_server`` starts (or joins, ``--address``) a Ray cluster, binds Serve's HTTP proxy to
+``--host``/``--port`` and deploys the application; Ray Serve's own metrics (requests, latencies,
+replica health) are exported in Prometheus format by Ray's metrics agent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .jobs import ServeConfig
+from .worker import Generator
+
+APP_NAME = "hallo2rt"
+_MANAGERS: dict[str, Any] = {}  # the ingress replica's job manager (one per process)
+
+
+def _current_manager():
+    manager = _MANAGERS.get("ingress")
+    if manager is None:
+        raise RuntimeError("the ingress is still starting")
+    return manager
+
+
+def _asgi_factory(config: ServeConfig, page: bool):
+    """A no-argument builder of the API: Ray Serve calls it on the ingress replica."""
+
+    def build():
+        from .api import build_api
+
+        return build_api(config, _current_manager, page)
+
+    return build
+
+
+class _Ingress:
+    def __init__(self, generator, config: ServeConfig):
+        from .manager import JobManager
+
+        streaming = generator.options(stream=True)
+        _MANAGERS["ingress"] = JobManager(config, lambda spec: streaming.run.remote(spec))
+
+
+def build_application(config: ServeConfig, gpus: bool = False, page: bool = True):
+    """The application: ``Ingress.bind(Generator.bind(config), config)`` with its options."""
+    from ray import serve
+
+    generator = serve.deployment(
+        name="Generator",
+        num_replicas=config.replicas,
+        max_ongoing_requests=1,  # one job at a time per replica: Serve routes to a free one
+        ray_actor_options={"num_gpus": 1} if gpus else {"num_cpus": 1},
+        graceful_shutdown_timeout_s=5,
+    )(Generator)
+    ingress = serve.deployment(
+        name="Ingress",
+        num_replicas=1,  # it holds the job table (a second one would need a shared store)
+        max_ongoing_requests=1000,  # light requests; the job queue is bounded by --max-queue
+        ray_actor_options={"num_cpus": 0},
+    )(serve.ingress(_asgi_factory(config, page))(_Ingress))
+    return ingress.bind(generator.bind(config), config)
+
+
+def run_server(
+    config: ServeConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    page: bool = True,
+    block: bool = True,
+    log=print,
+) -> None:
+    """Start or join Ray, deploy the application, serve until interrupted (``block``)."""
+    import ray
+    from ray import serve
+
+    if address:
+        ray.init(address=address)
+    elif not ray.is_initialized():
+        ray.init()
+    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    serve.start(http_options={"host": host, "port": port})
+    log(f"deploying {config.replicas} generator replica(s) ({'GPU' if gpus else 'CPU'}) ...")
+    serve.run(build_application(config, gpus, page), name=APP_NAME, route_prefix="/")
+    log(f"serving on http://{host}:{port}  (API: /v1/videos, docs: /docs, page: /)")
+    if not block:
+        return
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()

@@ -1,0 +1,232 @@
+"""The server's pieces without a cluster: the generator deployment in Ray Serve's local testing
+mode (``serve.run(app, _local_testing_mode=True)``), and the HTTP API (FastAPI's test client)
+driving that same local deployment. Tiny checkpoint tree, PyTorch engines at 64 px."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from .conftest import FACE, serve_config
+
+av = pytest.importorskip("av")
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_root, tmp_path_factory):
+    """The Generator deployment in local testing mode: a handle to it, and its config."""
+    from ray import serve
+
+    from hallo2rt.serve.worker import Generator
+
+    config = serve_config(tiny_root, tmp_path_factory.mktemp("results"))
+    deployment = serve.deployment(name="Generator", max_ongoing_requests=1)(Generator)
+    handle = serve.run(deployment.bind(config), _local_testing_mode=True, name="local-generator")
+    return handle.options(stream=True), config
+
+
+def _spec(config, files, tmp_path, **fields):
+    from hallo2rt.serve.jobs import check_request
+
+    inputs = {k: files[k] for k in ("image", "audio", "face_embedding")}
+    fields = {**FACE, "steps": "2", **{k: str(v) for k, v in fields.items()}}
+    return check_request(config, inputs, fields, tmp_path / "video.mp4")
+
+
+def _frames(path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_the_generator_streams_progress_then_the_video(generator, request_files, tmp_path):
+    handle, config = generator
+    events = list(handle.run.remote(_spec(config, request_files, tmp_path)))
+    states = [e["state"] for e in events if "state" in e]
+    assert states[0] == "running" and states[-1] == "done"
+    running = [e for e in events if e.get("state") == "running"]
+    assert running[-1]["step"] == running[-1]["steps"] == 2  # one clip, two steps
+    video = b"".join(e["chunk"] for e in events if "chunk" in e)
+    assert len(video) == events[-1]["bytes"] > 1000
+    (tmp_path / "got.mp4").write_bytes(video)
+    assert _frames(tmp_path / "got.mp4") == 10  # 0.4 s at 25 fps
+
+
+def test_the_intake_refuses_what_generate_refuses(generator, request_files, tmp_path):
+    from hallo2rt.engines.errors import Hallo2rtError
+    from hallo2rt.serve.jobs import RequestError
+
+    _, config = generator
+    with pytest.raises(RequestError, match=r"unknown form fields \['bogus'\]"):
+        _spec(config, request_files, tmp_path, bogus=1)
+    with pytest.raises(RequestError, match="steps = 'many': must be an integer"):
+        _spec(config, request_files, tmp_path, steps="many")
+    with pytest.raises(Hallo2rtError, match="--cfg"):
+        _spec(config, request_files, tmp_path, cfg="nan")
+    with pytest.raises(Hallo2rtError, match="must be four numbers"):
+        _spec(config, request_files, tmp_path, face_box="1,2,3")
+    files = {**request_files, "audio": request_files["text"]}
+    with pytest.raises(Hallo2rtError, match="text.txt"):
+        _spec(config, files, tmp_path)
+
+
+# --- the HTTP API on the local deployment -----------------------------------------------------
+
+
+@pytest.fixture
+def api(generator, tmp_path):
+    """A test client of the API whose job manager streams through the local deployment."""
+    from fastapi.testclient import TestClient
+
+    from hallo2rt.serve.api import build_api
+    from hallo2rt.serve.manager import JobManager
+
+    handle, base = generator
+
+    def make(**kw):
+        import dataclasses
+
+        config = dataclasses.replace(base, results=tmp_path / "results", **kw)
+        holder = {}
+
+        def manager():
+            if "m" not in holder:  # made on the app's event loop, as on the ingress replica
+                holder["m"] = JobManager(config, lambda spec: handle.run.remote(spec))
+            return holder["m"]
+
+        return TestClient(build_api(config, manager)), config
+
+    return make
+
+
+def _post(client, files, headers=None, audio="audio", **fields):
+    data = {**FACE, "steps": "2", **{k: str(v) for k, v in fields.items()}}
+    with (
+        open(files["image"], "rb") as image,
+        open(files[audio], "rb") as sound,
+        open(files["face_embedding"], "rb") as emb,
+    ):
+        upload = {
+            "image": ("p.jpg", image),
+            "audio": (files[audio].name, sound),
+            "face_embedding": ("e.npy", emb),
+        }
+        return client.post("/v1/videos", files=upload, data=data, headers=headers or {})
+
+
+def _wait(client, job, headers=None, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        state = client.get(f"/v1/videos/{job}", headers=headers or {}).json()
+        if state["state"] in ("done", "failed", "cancelled"):
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not end in {timeout} s")
+
+
+def test_api_job_from_upload_to_video_with_events_and_ranges(api, request_files):
+    client, config = api()
+    with client:
+        r = _post(client, request_files)
+        assert r.status_code == 202, r.text
+        job = r.json()["id"]
+        with client.stream("GET", f"/v1/videos/{job}/events") as events:
+            lines = [line for line in events.iter_lines() if line.startswith("data: ")]
+        assert '"state": "done"' in lines[-1]
+        assert _wait(client, job)["state"] == "done"
+        video = client.get(f"/v1/videos/{job}/result")
+        assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+        part = client.get(f"/v1/videos/{job}/result", headers={"Range": "bytes=0-99"})
+        assert part.status_code == 206 and part.content == video.content[:100]
+        assert sorted(p.name for p in (config.results / job).iterdir()) == ["video.mp4"]
+        assert client.get("/healthz").json()["status"] == "ok"
+        assert "/v1/videos" in client.get("/openapi.json").json()["paths"]
+        gone = client.delete(f"/v1/videos/{job}").json()  # a finished job: its files go
+        assert gone["state"] == "cancelled" and not (config.results / job).exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "fragment"),
+    [
+        ("unknown-field", 400, "unknown form fields ['bogus']"),
+        ("bad-number", 400, "steps = 'x': must be an integer"),
+        ("not-audio", 422, "audio/text.txt could not be"),
+        ("too-large", 413, "larger than"),
+        ("unknown-job", 404, "no job"),
+        ("not-finished", 409, "is queued"),
+    ],
+)
+def test_api_refuses_bad_requests_with_the_problem_named(
+    api, request_files, kind, status, fragment
+):
+    client, config = api(max_upload_mb=0.001 if kind == "too-large" else 50.0)
+    with client:
+        if kind == "unknown-field":
+            r = _post(client, request_files, bogus=1)
+        elif kind == "bad-number":
+            r = _post(client, request_files, steps="x")
+        elif kind == "not-audio":
+            r = _post(client, request_files, audio="text")
+        elif kind == "too-large":
+            r = _post(client, request_files)
+        elif kind == "unknown-job":
+            r = client.get("/v1/videos/nope")
+        else:
+            job = _post(client, request_files).json()["id"]
+            r = client.get(f"/v1/videos/{job}/result")
+            _wait(client, job)
+        assert r.status_code == status, r.text
+        assert fragment in r.json()["error"]
+        assert str(config.results) not in r.json()["error"]  # no server paths in messages
+        if kind != "not-finished":  # a refused request leaves nothing behind
+            assert not any(config.results.iterdir())
+
+
+def test_api_token_full_queue_and_cancel(api, request_files):
+    client, config = api(token="s3cret", max_queue=1)
+    auth = {"Authorization": "Bearer s3cret"}
+    with client:
+        assert _post(client, request_files).status_code == 401
+        assert _post(client, request_files, {"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/v1/videos/x").status_code == 401
+        r = _post(client, request_files, auth, audio="long", steps=20)  # 4 clips x 20 steps
+        assert r.status_code == 202, r.text
+        job = r.json()["id"]
+        full = _post(client, request_files, auth)
+        assert full.status_code == 429 and "the queue is full" in full.json()["error"]
+        while client.get(f"/v1/videos/{job}", headers=auth).json()["step"] < 2:
+            time.sleep(0.1)
+        state = client.delete(f"/v1/videos/{job}", headers=auth).json()
+        assert state["state"] == "cancelled"
+        assert not (config.results / job).exists()  # no partial video, no inputs
+
+
+def test_a_dying_generator_fails_the_job_and_leaves_nothing(tmp_path):
+    """A stream that breaks mid-job (what a killed replica looks like to the ingress)."""
+    from hallo2rt.serve.jobs import ServeConfig
+    from hallo2rt.serve.manager import JobManager
+
+    async def broken(spec):
+        yield {"state": "running", "clip": 0, "clips": 1, "step": 1, "steps": 2, "fps": 1.0,
+               "eta_s": 1.0}  # fmt: skip
+        yield {"chunk": b"half a video"}
+        raise ConnectionError("the actor died")
+
+    async def scenario():
+        config = ServeConfig(checkpoints=tmp_path, results=tmp_path / "results")
+        manager = JobManager(config, broken)
+
+        async def save(folder):
+            return {}
+
+        job = await manager.submit(save, {}, check=lambda *a: {"spec": 1})
+        await manager.tasks[job.id]
+        return job, config
+
+    job, config = asyncio.run(scenario())
+    assert job.state == "failed" and "ConnectionError: the actor died" in job.error
+    assert "submit the job again" in job.error
+    assert not (config.results / job.id).exists()
+    assert np.isfinite(job.finished)
