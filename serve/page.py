@@ -36,7 +36,7 @@ def build_page(config: ServeConfig, manager: Callable[[], JobManager]):
     from ..runtime.sampler import PRESETS
     from .manager import status_of
 
-    async def run(image, audio, face_box, preset, steps, cfg, seed):
+    async def run(image, audio, embedding, face_box, preset, steps, cfg, seed):
         if not image or not audio:
             yield "Give a portrait and an audio clip.", None
             return
@@ -48,10 +48,12 @@ def build_page(config: ServeConfig, manager: Callable[[], JobManager]):
 
         async def save(folder: Path) -> dict[str, Path]:
             out = {}
-            for name, src in (("image", image), ("audio", audio)):
-                dst = folder / f"{name}{Path(src).suffix.lower()}"
-                shutil.copyfile(src, dst)
-                out[name] = dst
+            for name, src in (("image", image), ("audio", audio), ("face_embedding", embedding)):
+                if src:
+                    (folder / name).mkdir()
+                    dst = folder / name / Path(src).name
+                    shutil.copyfile(src, dst)
+                    out[name] = dst
             return out
 
         m = manager()
@@ -80,17 +82,26 @@ def build_page(config: ServeConfig, manager: Callable[[], JobManager]):
                 elem_id="audio",
             )
         with gr.Row():
+            embedding = gr.File(
+                label="Face embedding .npy (optional: found from the portrait)",
+                file_types=[".npy"],
+                type="filepath",
+                elem_id="face_embedding",
+            )
             face_box = gr.Textbox(
                 label="Face box x0,y0,x1,y1 (empty: detected)", elem_id="face_box"
             )
             preset = gr.Dropdown(list(PRESETS), value="faithful", label="Preset", elem_id="preset")
-            steps = gr.Number(label="Steps (0: the preset's)", value=0, precision=0)
+            steps = gr.Number(
+                label="Steps (0: the preset's)", value=0, precision=0, elem_id="steps"
+            )
             cfg = gr.Number(label="Guidance scale", value=3.5)
             seed = gr.Number(label="Seed", value=42, precision=0)
         submit = gr.Button("Generate", variant="primary", elem_id="generate")
         status = gr.Markdown(elem_id="status")
         video = gr.Video(label="Video", elem_id="video")
-        submit.click(run, [image, audio, face_box, preset, steps, cfg, seed], [status, video])
+        inputs = [image, audio, embedding, face_box, preset, steps, cfg, seed]
+        submit.click(run, inputs, [status, video])
     return page
 
 

@@ -111,6 +111,21 @@ def test_three_concurrent_jobs_equal_what_generate_writes(
         assert sorted(p.name for p in (config.results / job).iterdir()) == ["video.mp4"]
 
 
+def test_submit_follows_a_job_and_downloads_it(server, request_files, tmp_path, capsys):
+    url, _ = server
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    out = tmp_path / "submitted.mp4"
+    argv = ["submit", url, "--image", str(request_files["image"])]
+    argv += ["--audio", str(request_files["audio"]), "--face-embedding"]
+    argv += [str(request_files["face_embedding"]), "--face-box", FACE["face_box"], "--steps", "2"]
+    assert main([*argv, "--out", str(out), "--token-file", str(tmp_path / "token")]) == 0
+    assert _frames(out).shape == (10, 64, 64, 3)
+    assert f"wrote {out}" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "x.mp4")]) == 1  # no token: 401, said once
+    assert "401: missing or wrong bearer token" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_tokens_and_bad_uploads_are_refused_over_http(server, request_files):
     from hallo2rt.serve import ServerError
 
@@ -132,7 +147,7 @@ def test_full_queue_cancel_and_a_killed_replica(server, request_files):
 
     url, config = server
     client = _client(url)
-    jobs = [_submit(client, request_files, audio="long", steps=40) for _ in range(3)]
+    jobs = [_submit(client, request_files, audio="long", steps=10) for _ in range(3)]
     from hallo2rt.serve import ServerError
 
     with pytest.raises(ServerError, match="429: the queue is full"):

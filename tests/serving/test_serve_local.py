@@ -230,3 +230,130 @@ def test_a_dying_generator_fails_the_job_and_leaves_nothing(tmp_path):
     assert "submit the job again" in job.error
     assert not (config.results / job.id).exists()
     assert np.isfinite(job.finished)
+
+
+# --- the web page in a real browser -------------------------------------------------------------
+
+
+@pytest.fixture
+def page_url(generator, tmp_path):
+    """The API with its page, served by uvicorn on a free port (the local deployment behind)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from hallo2rt.serve.api import build_api
+    from hallo2rt.serve.manager import JobManager
+
+    pytest.importorskip("gradio")
+    handle, base = generator
+    import dataclasses
+
+    config = dataclasses.replace(base, results=tmp_path / "results")
+    holder = {}
+
+    def manager():
+        if "m" not in holder:
+            holder["m"] = JobManager(config, lambda spec: handle.run.remote(spec))
+        return holder["m"]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = build_api(config, manager, page=True)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    end = time.time() + 60
+    while not server.started and time.time() < end:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_the_page_in_a_headless_browser_makes_a_video_that_plays(page_url, request_files):
+    """Upload a portrait, audio and embedding, set the face box and steps, press Generate, see
+    progress, and the video element plays the result (Debian's chromium and chromedriver)."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("no chromium / chromedriver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--mute-audio"):
+        options.add_argument(arg)
+    options.add_argument("--autoplay-policy=no-user-gesture-required")
+    service = webdriver.ChromeService(executable_path=driver_path)
+    browser = webdriver.Chrome(options=options, service=service)
+    try:
+        browser.get(page_url + "/")  # redirects to the page
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
+        browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(
+            str(request_files["image"])
+        )
+        browser.find_element(By.CSS_SELECTOR, "#audio input[type=file]").send_keys(
+            str(request_files["audio"])
+        )
+        browser.find_element(By.CSS_SELECTOR, "#face_embedding input[type=file]").send_keys(
+            str(request_files["face_embedding"])
+        )
+        box = browser.find_element(By.CSS_SELECTOR, "#face_box textarea, #face_box input")
+        box.send_keys(FACE["face_box"])
+        steps = browser.find_element(By.CSS_SELECTOR, "#steps input")
+        steps.clear()
+        steps.send_keys("2")
+        time.sleep(2)  # the uploads finish before the click
+        browser.find_element(By.CSS_SELECTOR, "#generate").click()
+
+        def finished(b):
+            text = b.find_element(By.CSS_SELECTOR, "#status").text
+            return "Done." in text or "Refused" in text or "Failed" in text
+
+        WebDriverWait(browser, 180, poll_frequency=0.2).until(finished)
+        status = browser.find_element(By.CSS_SELECTOR, "#status").text
+        assert "Done." in status, status
+        assert "Job" in status
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#video video"))
+        played = browser.execute_async_script(
+            """
+            const done = arguments[arguments.length - 1];
+            const v = document.querySelector('#video video');
+            v.muted = true;
+            const check = () => (v.currentTime > 0 || v.ended)
+                ? done({t: v.currentTime, d: v.duration, w: v.videoWidth, err: null})
+                : setTimeout(check, 100);
+            v.play().then(check).catch(e => done({err: String(e)}));
+            """
+        )
+        assert played["err"] is None, played
+        assert played["w"] == 64 and played["d"] == pytest.approx(0.4, abs=0.1)
+    finally:
+        browser.quit()
+
+
+def test_a_server_on_built_engines_refuses_presets_whose_engines_it_lacks(request_files, tmp_path):
+    """With --engines the intake checks that the folder has the step engines a request's
+    options call, before the job is queued (the replicas open only what the folder has)."""
+    from hallo2rt.serve.jobs import RequestError, ServeConfig, check_request, generate_argv
+
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    config = ServeConfig(engines=engines, results=tmp_path / "results")
+    inputs = {k: request_files[k] for k in ("image", "audio", "face_embedding")}
+    argv = generate_argv(config, inputs, {"steps": "3"}, tmp_path / "v.mp4")
+    assert argv[argv.index("--engines") + 1] == str(engines) and "--checkpoints" not in argv
+    fields = {**FACE, "preset": "fast", "guidance_steps": "0", "steps": "2"}
+    with pytest.raises(RequestError, match="lack denoiser_cond.*preset = faithful"):
+        check_request(config, inputs, fields, tmp_path / "v.mp4")
+    (engines / "denoiser_cond").mkdir()
+    spec = check_request(config, inputs, fields, tmp_path / "v.mp4")
+    assert spec["cfg"].sampling.plan() == ("denoiser_cond", "denoiser_cond")
