@@ -36,13 +36,15 @@ class JobManager:
         self.jobs: dict[str, Job] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self.cancelling: set[str] = set()
+        self.pending = 0  # requests being checked
         self.changed = asyncio.Condition()
         config.results.mkdir(parents=True, exist_ok=True)
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
     def active(self) -> int:
-        return sum(1 for j in self.jobs.values() if j.state not in FINAL)
+        """Jobs waiting or running, and requests being checked (each holds a place)."""
+        return self.pending + sum(1 for j in self.jobs.values() if j.state not in FINAL)
 
     def get(self, job_id: str) -> Job:
         self.sweep()
@@ -92,6 +94,7 @@ class JobManager:
         folder = self.config.results / job.id
         inputs = folder / INPUTS
         inputs.mkdir(parents=True)
+        self.pending += 1  # a place in the queue while the request is checked
         try:
             files = await save_files(inputs)
             loop = asyncio.get_running_loop()
@@ -107,6 +110,7 @@ class JobManager:
             raise
         finally:
             remove_tree(inputs)  # the job travels as bytes in spec
+            self.pending -= 1
         self.jobs[job.id] = job
         self.tasks[job.id] = asyncio.create_task(self._drive(job, spec))
         return job

@@ -357,3 +357,33 @@ def test_a_server_on_built_engines_refuses_presets_whose_engines_it_lacks(reques
     (engines / "denoiser_cond").mkdir()
     spec = check_request(config, inputs, fields, tmp_path / "v.mp4")
     assert spec["cfg"].sampling.plan() == ("denoiser_cond", "denoiser_cond")
+
+
+def test_concurrent_requests_cannot_overfill_the_queue(tmp_path):
+    """A request holds its place while it is checked: two at once with one place left, one
+    gets 429 (without the reservation both would pass the check and be queued)."""
+    from hallo2rt.serve.jobs import RequestError, ServeConfig
+    from hallo2rt.serve.manager import JobManager
+
+    async def slow_generator(spec):
+        await asyncio.sleep(30)
+        yield {}
+
+    async def scenario():
+        config = ServeConfig(checkpoints=tmp_path, results=tmp_path / "results", max_queue=1)
+        manager = JobManager(config, slow_generator)
+
+        async def save(folder):
+            await asyncio.sleep(0.1)  # an upload in progress
+            return {}
+
+        outcome = await asyncio.gather(
+            *(manager.submit(save, {}, check=lambda *a: {}) for _ in range(2)),
+            return_exceptions=True,
+        )
+        await manager.close()
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    refused = [r for r in outcome if isinstance(r, RequestError)]
+    assert len(refused) == 1 and refused[0].status == 429, outcome
