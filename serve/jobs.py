@@ -160,7 +160,6 @@ def check_request(
         "embedding": job.embedding,
         "image": (inputs["image"].suffix, inputs["image"].read_bytes()),
         "audio": (inputs["audio"].suffix, inputs["audio"].read_bytes()),
-        "size_given": False,
     }
 
 
