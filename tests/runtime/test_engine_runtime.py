@@ -385,3 +385,16 @@ def test_presets_and_sampler_reach_the_run(speed_dir, tmp_path, capsys):
         assert main(argv + extra) == 0
         with av.open(str(out)) as c:
             assert c.streams.video[0].frames == 10
+    # bench on the same ORT engines with a preset beside faithful
+    report = tmp_path / "bench.jsonl"
+    argv = ["bench", "--engines", str(speed_dir), "--preset", "fast", "--steps", "2"]
+    argv += ["--guidance-steps", "1", "--clips", "1", "--repeats", "1", "--warmup", "0"]
+    assert main([*argv, "--against", "faithful", "--json", str(report)]) == 0
+    import json
+
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    against = next(r for r in records if r["kind"] == "against")
+    assert against["sampling"] == "dpmpp-2m 2 steps, guidance on the first 1"
+    assert against["frames_compared"] == 4 and against["speedup"] > 0
+    engines = {r["engine"]: r for r in records if r["kind"] == "engine"}
+    assert "denoiser_cond" in engines
