@@ -25,6 +25,8 @@ def test_help_lists_every_subcommand():
         "doctor",
         "proof",
         "compare",
+        "serve",
+        "submit",
     }
     for name in names:
         assert name in out
