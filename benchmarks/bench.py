@@ -211,7 +211,7 @@ def generation_only(session: Session, cfg: BenchConfig) -> dict[str, float]:
     """Clips from ``generate`` to host frames: the scope the baseline is compared in."""
     from hallo2rt.runtime.pipeline import RunConfig, generate
 
-    run = RunConfig(frames=session.frames, cuda_graph=cfg.cuda_graph, **_knobs(cfg.sampling))
+    run = RunConfig(frames=session.frames, cuda_graph=cfg.cuda_graph, **cfg.sampling.fields())
     portrait = _portrait(session.size, session.embedding_dim)
 
     def clips(feats):
@@ -219,16 +219,6 @@ def generation_only(session: Session, cfg: BenchConfig) -> dict[str, float]:
             yield clip.frames
 
     return _timed_clips(session, cfg, clips)
-
-
-def _knobs(sampling: Sampling) -> dict[str, Any]:
-    """RunConfig's fields for ``sampling``."""
-    return {
-        "steps": sampling.steps,
-        "sampler": sampling.sampler,
-        "guidance_steps": sampling.guidance_steps,
-        "cache_interval": sampling.cache_interval,
-    }
 
 
 def baseline_only(modules: dict, session: Session, cfg: BenchConfig) -> dict[str, float]:
@@ -339,7 +329,7 @@ def end_to_end(
             frames=session.frames,
             size=session.size,
             cuda_graph=cfg.cuda_graph,
-            **_knobs(sampling or cfg.sampling),
+            **(sampling or cfg.sampling).fields(),
         ),
         lip_box=parse_box(DEMO_LIP_BOX),
         progress=progress,

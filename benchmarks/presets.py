@@ -79,13 +79,7 @@ def measure(out: Path, cache: Path, log=print) -> list[dict]:
     videos = {}
     with session:
         for name, p in PRESETS.items():
-            cfg = RunConfig(
-                size=DEMO_SIZE,
-                sampler=p.sampler,
-                steps=p.steps,
-                guidance_steps=p.guidance_steps,
-                cache_interval=p.cache_interval,
-            )
+            cfg = RunConfig(size=DEMO_SIZE, **p.fields())
             videos[name] = out / f"{name}.mp4"
             start = time.perf_counter()
             demo_video(session, videos[name], cfg)
@@ -129,13 +123,7 @@ def measure_full_size(size: int = 64, log=print) -> list[dict]:
         for _ in generate(session, portrait, feats, RunConfig(steps=1, size=size)):
             pass
         for name, p in PRESETS.items():
-            cfg = RunConfig(
-                size=size,
-                sampler=p.sampler,
-                steps=p.steps,
-                guidance_steps=p.guidance_steps,
-                cache_interval=p.cache_interval,
-            )
+            cfg = RunConfig(size=size, **p.fields())
             start = time.perf_counter()
             for _ in generate(session, portrait, feats, cfg):
                 pass

@@ -34,10 +34,7 @@ def _run_config(args: argparse.Namespace, **more):
     sampling = _sampling(args)
     return RunConfig(
         **more,
-        steps=sampling.steps,
-        sampler=sampling.sampler,
-        guidance_steps=sampling.guidance_steps,
-        cache_interval=sampling.cache_interval,
+        **sampling.fields(),
         cfg_scale=args.cfg,
         seed=args.seed,
         pose_weight=args.pose_weight,
@@ -286,10 +283,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     sampling = _sampling(args)
     cfg = BenchConfig(
-        steps=sampling.steps,
-        sampler=sampling.sampler,
-        guidance_steps=sampling.guidance_steps,
-        cache_interval=sampling.cache_interval,
+        **sampling.fields(),
         against=args.against,
         clips=args.clips,
         repeats=args.repeats,

@@ -10,7 +10,9 @@ baseline).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -141,6 +143,10 @@ class Sampling:
     def engines(self) -> tuple[str, ...]:
         """The step engines the plan calls, each once, in the plan's order."""
         return tuple(dict.fromkeys(self.plan()))
+
+    def fields(self) -> dict[str, Any]:
+        """The four knobs by name: RunConfig and BenchConfig take them under the same names."""
+        return dataclasses.asdict(self)
 
     def describe(self) -> str:
         out = f"{self.sampler} {self.steps} steps"

@@ -55,6 +55,11 @@ def _aligned_copy(value: torch.Tensor, dtype: torch.dtype, device: torch.device)
     return out
 
 
+def _part(name: str) -> str:
+    """full, deep or shallow: what step engine ``name`` computes (DENOISER_VARIANTS)."""
+    return DENOISER_VARIANTS.get(name, (2, "full"))[1]
+
+
 def step_loop(
     session: Session,
     schedule: DDIMSchedule,
@@ -125,15 +130,11 @@ class StepLoop:
         latents = next(t for t in self.engine.spec.inputs if t.name == "latents")
         self._x = aligned_empty(latents.shape({}), dtypes["latents"], dev)
         self._m = torch.zeros_like(self._x)  # the previous step's x0 prediction (multistep)
-        self._features = {  # deep engine name -> the buffer its shallow partner reads
-            n: aligned_empty(
-                next(t for t in e.spec.outputs if t.name == "deep_feature").shape({}),
-                DTYPES[next(t for t in e.spec.outputs if t.name == "deep_feature").dtype],
-                dev,
-            )
-            for n, e in self.engines.items()
-            if DENOISER_VARIANTS.get(n, (0, ""))[1] == "deep"
-        }
+        self._features = {}  # deep engine name -> the buffer its shallow partner reads
+        for n, e in self.engines.items():
+            if _part(n) == "deep":
+                feature = next(t for t in e.spec.outputs if t.name == "deep_feature")
+                self._features[n] = aligned_empty(feature.shape({}), DTYPES[feature.dtype], dev)
         self._check_cache_order()
         self._static: dict[str, torch.Tensor] = {}
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -143,7 +144,7 @@ class StepLoop:
         """Each shallow step follows a deep step of the same CFG batch (its feature's rows)."""
         last: str | None = None
         for i, name in enumerate(self.plan):
-            part = DENOISER_VARIANTS.get(name, (0, "full"))[1]
+            part = _part(name)
             if part == "deep":
                 last = name
             elif part == "shallow" and last != name.replace("_shallow", "_deep"):
@@ -173,7 +174,7 @@ class StepLoop:
             "cfg_scale": self.cfg,
         }
         name = self.plan[i]
-        if DENOISER_VARIANTS.get(name, (0, "full"))[1] == "shallow":
+        if _part(name) == "shallow":
             feed["deep_feature"] = self._features[name.replace("_shallow", "_deep")]
         return feed
 
