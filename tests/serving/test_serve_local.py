@@ -296,23 +296,30 @@ def test_the_page_in_a_headless_browser_makes_a_video_that_plays(page_url, reque
     try:
         browser.get(page_url + "/")  # redirects to the page
         wait = WebDriverWait(browser, 60)
-        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#image input[type=file]"))
-        browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(
-            str(request_files["image"])
-        )
-        browser.find_element(By.CSS_SELECTOR, "#audio input[type=file]").send_keys(
-            str(request_files["audio"])
-        )
-        browser.find_element(By.CSS_SELECTOR, "#face_embedding input[type=file]").send_keys(
-            str(request_files["face_embedding"])
-        )
-        box = browser.find_element(By.CSS_SELECTOR, "#face_box textarea, #face_box input")
+
+        def element(css: str):
+            # Gradio fetches each component type's script on its own, so one component can be
+            # on the page while another is still loading (seen once in CI on a loaded machine)
+            try:
+                wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, css))
+            except Exception as exc:
+                body = browser.find_element(By.TAG_NAME, "body").get_attribute("innerHTML")
+                raise AssertionError(f"no {css} on the page after 60 s: {body[:2000]}") from exc
+            return browser.find_element(By.CSS_SELECTOR, css)
+
+        for name in ("image", "audio", "face_embedding"):
+            element(f"#{name} input[type=file]").send_keys(str(request_files[name]))
+        box = element("#face_box textarea, #face_box input")
         box.send_keys(FACE["face_box"])
-        steps = browser.find_element(By.CSS_SELECTOR, "#steps input")
+        steps = element("#steps input")
         steps.clear()
         steps.send_keys("2")
-        time.sleep(2)  # the uploads finish before the click
-        browser.find_element(By.CSS_SELECTOR, "#generate").click()
+        # each upload has finished once its component shows the file, not an empty drop zone
+        element("#image img")
+        element("#audio audio")
+        stem = request_files["face_embedding"].stem
+        wait.until(lambda b: stem in b.find_element(By.CSS_SELECTOR, "#face_embedding").text)
+        element("#generate").click()
 
         def finished(b):
             text = b.find_element(By.CSS_SELECTOR, "#status").text
