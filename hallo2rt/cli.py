@@ -427,6 +427,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_audio_seconds=args.max_audio_seconds,
         token=_token(args.token_file),
         threads=args.threads,
+        upscale=args.upscale,
+        sr_replicas=args.sr_replicas,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
         print(
@@ -448,12 +450,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from hallo2rt.runtime.media import check_output
     from hallo2rt.serve.client import Client
+    from hallo2rt.serve.jobs import FIELDS
 
     check_output(args.out, image=args.image, audio=args.audio)
     client = Client(args.url, _token(args.token_file))
-    names = ("face_box", "lip_box", "preset", "sampler", "steps", "guidance_steps")
-    names += ("cache_interval", "seed", "cfg", "pose_weight", "face_weight", "lip_weight")
-    options = {n: getattr(args, n) for n in (*names, "face_expand_ratio")}
+    options = {n: getattr(args, n) for n in FIELDS}
     job = client.submit(args.image, args.audio, args.face_embedding, **options)
     print(f"job {job} queued at {args.url}", file=sys.stderr)
 

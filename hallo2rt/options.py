@@ -407,6 +407,13 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="--checkpoints only")
     p.add_argument("--size", type=int, default=512, help="--checkpoints only: the generated side")
     p.add_argument("--no-page", action="store_true", help="the API only, no web page")
+    p.add_argument(
+        "--upscale",
+        action="store_true",
+        help="take requests' upscale 2 / 4: an SR deployment restores and upscales faces while "
+        "the generators make the next clips (needs the super-resolution engines)",
+    )
+    p.add_argument("--sr-replicas", type=int, default=1, help="with --upscale: SR replicas")
 
 
 def _add_submit_options(p: argparse.ArgumentParser) -> None:
@@ -417,9 +424,7 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face-embedding", type=Path, help="the face's ArcFace embedding (.npy)")
     p.add_argument("--token-file", type=Path, help="a file holding the server's bearer token")
     p.add_argument("--quiet", action="store_true", help="no progress")
-    for name in ("face_box", "lip_box", "preset", "sampler"):
-        p.add_argument(f"--{name.replace('_', '-')}", help="as in generate")
-    for name in ("steps", "guidance_steps", "cache_interval", "seed"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, help="as in generate")
-    for name in ("cfg", "pose_weight", "face_weight", "lip_weight", "face_expand_ratio"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, help="as in generate")
+    from hallo2rt.serve.jobs import FIELDS  # the options a request may carry
+
+    for name, kind in FIELDS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help="as in generate")

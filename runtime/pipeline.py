@@ -46,6 +46,7 @@ from .portrait import Box, Portrait, build_portrait, load_image
 from .sampler import SAMPLERS, Sampling, schedule
 from .session import Session
 from .sr import SuperResolver
+from .sr_remote import PipelinedSuperResolver
 from .steploop import step_loop
 from .video import ClipWriter, VideoWriter, host_frames
 
@@ -348,9 +349,13 @@ def _check_audio_range(session: Session, samples: int) -> None:
     )
 
 
-def _super_resolver(session: Session, cfg: RunConfig) -> SuperResolver | None:
+def _super_resolver(
+    session: Session, cfg: RunConfig, restorer=None
+) -> SuperResolver | PipelinedSuperResolver | None:
     if cfg.upscale == 1:
         return None
+    if restorer is not None:  # on another worker, pipelined with the generation
+        return PipelinedSuperResolver(restorer, cfg.size, cfg.size, cfg.upscale, cfg.fidelity)
     if not session.upscales:
         raise EngineError(
             f"--upscale {cfg.upscale} needs the super-resolution engines "
@@ -409,6 +414,7 @@ def generate_video(
     lip_box: Box | None = None,
     progress: Callable[[Progress], None] | None = None,
     separate: Callable[[np.ndarray], np.ndarray] | None = None,
+    restorer=None,
 ) -> Path:
     """Portrait + driving audio -> MP4 at ``out`` with the audio muxed. Inputs are all read and
     checked before the output is opened; the file appears only when complete
@@ -416,7 +422,9 @@ def generate_video(
     playable file). ``separate`` ((2, n) 44.1 kHz -> vocals) isolates the voice before the audio
     features are computed. ``cfg.upscale`` 2 or 4 streams every clip through face restoration
     (CodeFormer ``cfg.fidelity``) and background upsampling (``runtime.sr``); the session must
-    then hold the super-resolution engines. ``session`` must be open (``with session:``)."""
+    then hold the super-resolution engines, unless ``restorer`` (``runtime.sr_remote``) restores
+    the windows elsewhere while the next clips are made. ``session`` must be open
+    (``with session:``)."""
     check_output(out, image=image, audio=audio)  # never replace an input with the video
     if np.size(embedding) != session.embedding_dim:
         raise MediaError(
@@ -426,7 +434,25 @@ def generate_video(
     rgb = load_image(image)
     portrait = build_portrait(rgb, cfg.size, face_box, embedding, lip_box, cfg.face_expand_ratio)
     _check_shapes(session, portrait, cfg)  # before any model work
-    sr = _super_resolver(session, cfg)
+    sr = _super_resolver(session, cfg, restorer)
+    try:
+        return _generate_video(session, portrait, audio, out, cfg, progress, separate, sr)
+    finally:
+        if sr is not None:
+            sr.close()
+
+
+def _generate_video(
+    session: Session,
+    portrait: Portrait,
+    audio: str | Path,
+    out: str | Path,
+    cfg: RunConfig,
+    progress: Callable[[Progress], None] | None,
+    separate: Callable[[np.ndarray], np.ndarray] | None,
+    sr: SuperResolver | PipelinedSuperResolver | None,
+) -> Path:
+    """``generate_video`` once its inputs are checked and its super-resolver made."""
     features, native = _audio(session, audio, cfg, separate)
     start = time.perf_counter()
     n_clips = math.ceil(features.frames / cfg.frames)

@@ -72,7 +72,44 @@ class NoFaceError(MediaError):
 # --- the streamed super-resolver ----------------------------------------------------------------
 
 
-class SuperResolver:
+class SRWindows:
+    """Cuts streamed frames (N, 3, H, W) in [-1, 1] into the official SR windows, as [0, 1]
+    float32: the first ``window`` frames, then ``window - overlap`` new frames at a time (a
+    window's first ``overlap`` frames are the previous window's last, restored once and
+    carried as encoder features), and at the end whatever is left."""
+
+    def __init__(self, height: int, width: int, window: int, overlap: int):
+        self.height, self.width, self.window, self.overlap = height, width, window, overlap
+        self._pending: list[torch.Tensor] = []
+        self._first = True
+
+    def _cut(self, pixels: torch.Tensor, device) -> list[torch.Tensor]:
+        if tuple(pixels.shape[-2:]) != (self.height, self.width):
+            raise OptionError(
+                f"frames are {tuple(pixels.shape[-2:])}, the resolver was made for "
+                f"{(self.height, self.width)}"
+            )
+        frames = (pixels.to(device, torch.float32) / 2 + 0.5).clamp(0, 1)
+        self._pending.extend(frames.unbind(0))
+        out = []
+        while len(self._pending) >= self._need():
+            n = self._need()
+            batch, self._pending = self._pending[:n], self._pending[n:]
+            out.append(torch.stack(batch))
+            self._first = False
+        return out
+
+    def _rest(self) -> torch.Tensor | None:
+        if not self._pending:
+            return None
+        batch, self._pending = self._pending, []
+        return torch.stack(batch)
+
+    def _need(self) -> int:
+        return self.window if self._first else self.window - self.overlap
+
+
+class SuperResolver(SRWindows):
     """``push(pixels)`` frames in, upscaled frames out; ``flush()`` after the last frame.
 
     ``session``: anything with ``run(name, **inputs)`` and ``spec(name)`` holding the four SR
@@ -93,7 +130,6 @@ class SuperResolver:
         if not 0.0 <= fidelity <= 1.0:
             raise OptionError(f"--fidelity {fidelity}: must lie in [0, 1]")
         self.session, self.scale, self.fidelity = session, scale, fidelity
-        self.height, self.width = height, width
         rest = session.spec("face_restorer")
         names = [t.name for t in rest.inputs]
         if names != ["faces", "context", "context_valid", "fidelity"]:
@@ -102,9 +138,8 @@ class SuperResolver:
                 "(faces, context, context_valid, fidelity) of this version: export and build "
                 "it again"
             )
-        self.window = rest.profiles["sr_new"][2]
         ctx = rest.inputs[1].dims  # (C, emb, 16, 16)
-        self.overlap = int(ctx[0])
+        super().__init__(height, width, rest.profiles["sr_new"][2], int(ctx[0]))
         self.face = int(rest.inputs[0].dims[-1])
         self.detect = int(session.spec("face_detector").inputs[0].dims[-1])
         bg = session.spec("bg_upsampler")
@@ -117,9 +152,7 @@ class SuperResolver:
         self.device = session.device
         self._context = torch.zeros(tuple(int(d) for d in ctx), device=self.device)
         self._valid = torch.zeros(self.overlap, device=self.device)
-        self._pending: list[torch.Tensor] = []
         self._landmarks: torch.Tensor | None = None  # last known (5, 2), frame pixels
-        self._first = True
         self.frames_out = 0
         self.frames_without_face = 0
         t = torch.tensor(TEMPLATE_512, dtype=torch.float32) * (self.face / 512.0)
@@ -130,30 +163,44 @@ class SuperResolver:
 
     def push(self, pixels: torch.Tensor) -> Iterator[torch.Tensor]:
         """Queue frames (N, 3, H, W) in [-1, 1]; yields every window that is now complete."""
-        if tuple(pixels.shape[-2:]) != (self.height, self.width):
-            raise OptionError(
-                f"frames are {tuple(pixels.shape[-2:])}, the resolver was made for "
-                f"{(self.height, self.width)}"
-            )
-        frames = (pixels.to(self.device, torch.float32) / 2 + 0.5).clamp(0, 1)
-        self._pending.extend(frames.unbind(0))
-        while len(self._pending) >= self._need():
-            n = self._need()
-            batch, self._pending = self._pending[:n], self._pending[n:]
-            yield self._run_window(torch.stack(batch))
+        for batch in self._cut(pixels, self.device):
+            yield self.run_window(batch)
 
     def flush(self) -> Iterator[torch.Tensor]:
         """The last, possibly shorter, window."""
-        if self._pending:
-            batch, self._pending = self._pending, []
-            yield self._run_window(torch.stack(batch))
+        batch = self._rest()
+        if batch is not None:
+            yield self.run_window(batch)
 
-    def _need(self) -> int:
-        return self.window if self._first else self.window - self.overlap
+    def close(self) -> None:
+        """Nothing to release (the pipelined resolver stops its thread)."""
+
+    # -- the state a window hands the next (what a restorer in another process is sent) --
+
+    def state(self) -> dict:
+        """The carried state as CPU arrays and numbers: the shared frames' encoder features,
+        the last landmarks, the counters."""
+        return {
+            "context": self._context.cpu().numpy(),
+            "valid": self._valid.cpu().numpy(),
+            "landmarks": None if self._landmarks is None else self._landmarks.cpu().numpy(),
+            "frames_out": self.frames_out,
+            "frames_without_face": self.frames_without_face,
+        }
+
+    def load_state(self, state: dict) -> None:
+        def tensor(a):
+            return torch.as_tensor(a, device=self.device)
+
+        self._context, self._valid = tensor(state["context"]), tensor(state["valid"])
+        marks = state["landmarks"]
+        self._landmarks = None if marks is None else tensor(marks)
+        self.frames_out = state["frames_out"]
+        self.frames_without_face = state["frames_without_face"]
 
     # -- one window --
 
-    def _run_window(self, frames: torch.Tensor) -> torch.Tensor:
+    def run_window(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (n, 3, H, W) in [0, 1], new to this window -> (n, sH, sW, 3) uint8."""
         marks = self._find_landmarks(frames)  # (n, 5, 2)
         to_face = similarity_transform(marks, self._template)  # frame -> crop
@@ -170,7 +217,6 @@ class SuperResolver:
         feats = torch.cat([self._context, out["features"].float()])[-self.overlap :]
         valid = torch.cat([self._valid, torch.ones(frames.shape[0], device=self.device)])
         self._context, self._valid = feats.clone(), valid[-self.overlap :].clone()
-        self._first = False
         result = torch.stack(
             [self._paste(frames[i], restored[i], to_face[i]) for i in range(frames.shape[0])]
         )

@@ -3,6 +3,11 @@
 - ``Generator`` (``serve.worker``): each replica opens one ``Session`` once and takes one job at
   a time (``max_ongoing_requests=1``); it asks Ray for one GPU where the cluster has GPUs, one
   CPU otherwise, so replicas spread over the cluster's GPUs (``--replicas``).
+- ``Upscaler`` (``--upscale``, ``serve.worker``): replicas with the super-resolution engines;
+  a generator hands them each SR window of a job that asks for ``upscale`` 2 or 4 and goes on
+  denoising the next clip meanwhile (stage pipelining). A window carries the state the previous
+  one handed on, so any Upscaler replica takes any window; on GPUs each replica asks for a GPU
+  of its own, or a share of one when the cluster has fewer GPUs than replicas.
 - ``Ingress``: the FastAPI app (``serve.api``) and the job manager (``serve.manager``); it
   streams each job from a free generator replica through a Ray Serve handle.
 
@@ -13,11 +18,12 @@ replica health) are exported in Prometheus format by Ray's metrics agent.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from .jobs import ServeConfig
-from .worker import Generator
+from .worker import Generator, Upscaler
 
 APP_NAME = "hallo2rt"
 _MANAGERS: dict[str, Any] = {}  # the ingress replica's job manager (one per process)
@@ -49,15 +55,36 @@ class _Ingress:
         _MANAGERS["ingress"] = JobManager(config, lambda spec: streaming.run.remote(spec))
 
 
-def build_application(config: ServeConfig, gpus: bool = False, page: bool = True):
-    """The application: ``Ingress.bind(Generator.bind(config), config)`` with its options."""
+def gpu_share(gpus: float, replicas: int) -> float:
+    """Each replica's ``num_gpus``: a whole GPU when the cluster has one for every replica,
+    else 1/k so that k replicas share each GPU (1/2, 1/3, ...: shares Ray can pack)."""
+    if gpus >= replicas:
+        return 1.0
+    return 1.0 / math.ceil(replicas / max(1, math.floor(gpus)))
+
+
+def build_application(config: ServeConfig, gpus: float = 0, page: bool = True):
+    """The application: ``Ingress.bind(Generator.bind(config[, Upscaler.bind(config)]),
+    config)`` with its options; ``gpus``: how many GPUs the cluster has (0: CPU replicas)."""
     from ray import serve
 
+    replicas = config.replicas + (config.sr_replicas if config.upscale else 0)
+    share = gpu_share(gpus, replicas) if gpus else 0.0
+    actor = {"num_gpus": share} if gpus else {"num_cpus": 1}
+    upscaler = None
+    if config.upscale:
+        upscaler = serve.deployment(
+            name="Upscaler",
+            num_replicas=config.sr_replicas,
+            max_ongoing_requests=1,  # one window at a time per replica
+            ray_actor_options=actor,
+            graceful_shutdown_timeout_s=5,
+        )(Upscaler).bind(config)
     generator = serve.deployment(
         name="Generator",
         num_replicas=config.replicas,
         max_ongoing_requests=1,  # one job at a time per replica: Serve routes to a free one
-        ray_actor_options={"num_gpus": 1} if gpus else {"num_cpus": 1},
+        ray_actor_options=actor,
         graceful_shutdown_timeout_s=5,
     )(Generator)
     ingress = serve.deployment(
@@ -66,7 +93,7 @@ def build_application(config: ServeConfig, gpus: bool = False, page: bool = True
         max_ongoing_requests=1000,  # light requests; the job queue is bounded by --max-queue
         ray_actor_options={"num_cpus": 0},
     )(serve.ingress(_asgi_factory(config, page))(_Ingress))
-    return ingress.bind(generator.bind(config), config)
+    return ingress.bind(generator.bind(config, upscaler), config)
 
 
 def run_server(
@@ -86,9 +113,12 @@ def run_server(
         ray.init(address=address)
     elif not ray.is_initialized():
         ray.init()
-    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    gpus = ray.cluster_resources().get("GPU", 0)
     serve.start(http_options={"host": host, "port": port})
-    log(f"deploying {config.replicas} generator replica(s) ({'GPU' if gpus else 'CPU'}) ...")
+    replicas = config.replicas + (config.sr_replicas if config.upscale else 0)
+    where = "CPU" if not gpus else f"{gpu_share(gpus, replicas):.2g} GPU each"
+    sr = f" and {config.sr_replicas} upscaler replica(s)" if config.upscale else ""
+    log(f"deploying {config.replicas} generator replica(s){sr} ({where}) ...")
     serve.run(build_application(config, gpus, page), name=APP_NAME, route_prefix="/")
     log(f"serving on http://{host}:{port}  (API: /v1/videos, docs: /docs, page: /)")
     if not block:

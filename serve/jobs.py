@@ -35,6 +35,8 @@ FIELDS: dict[str, type] = {
     "face_weight": float,
     "lip_weight": float,
     "face_expand_ratio": float,
+    "upscale": int,  # 2 or 4: only on a server started with --upscale
+    "fidelity": float,
 }
 FILES = ("image", "audio", "face_embedding")
 FINAL = ("done", "failed", "cancelled")
@@ -64,18 +66,30 @@ class ServeConfig:
     max_upload_mb: float = 50.0  # per uploaded file
     max_audio_seconds: float = 600.0
     token: str | None = None  # bearer token every /v1 request must carry (None: none)
-    threads: int | None = None  # torch / ORT threads per generator replica
+    threads: int | None = None  # torch / ORT threads per generator (and SR) replica
+    upscale: bool = False  # an SR deployment takes requests' upscale 2 / 4 (--upscale)
+    sr_replicas: int = 1  # its replicas (one GPU each where there are GPUs)
 
     def __post_init__(self) -> None:
         if (self.engines is None) == (self.checkpoints is None):
             raise OptionError("give --engines (built engines) or --checkpoints (PyTorch), one")
-        for name in ("replicas", "max_queue"):
+        for name in ("replicas", "max_queue", "sr_replicas"):
             if getattr(self, name) < 1:
                 raise OptionError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
         for name in ("keep_seconds", "max_upload_mb", "max_audio_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise OptionError(f"{name} {value}: must be a positive number")
+        if self.upscale and self.engines is not None:
+            from ..engines.spec import SUPER_RESOLUTION
+
+            missing = [n for n in SUPER_RESOLUTION if not (self.engines / n).is_dir()]
+            if missing:
+                raise OptionError(
+                    f"--upscale needs the super-resolution engines; {self.engines} lacks "
+                    f"{', '.join(missing)}: export and build them (a full export has them), or "
+                    "serve without --upscale"
+                )
 
 
 def new_job_id() -> str:
@@ -84,8 +98,6 @@ def new_job_id() -> str:
 
 def generate_argv(config: ServeConfig, inputs: dict[str, Path], fields: dict[str, str], out: Path):
     """The ``hallo2rt generate`` command line a request stands for (its options checked)."""
-    from ..runtime.sampler import PRESETS, SAMPLERS
-
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
         raise RequestError(
@@ -108,12 +120,30 @@ def generate_argv(config: ServeConfig, inputs: dict[str, Path], fields: dict[str
         except ValueError:
             what = "an integer" if kind is int else "a number"
             raise RequestError(f"{name} = {raw!r}: must be {what}") from None
-        if name == "preset" and value not in PRESETS:
-            raise RequestError(f"preset = {raw!r}: must be one of {', '.join(PRESETS)}")
-        if name == "sampler" and value not in SAMPLERS:
-            raise RequestError(f"sampler = {raw!r}: must be one of {', '.join(SAMPLERS)}")
         argv += [f"--{name.replace('_', '-')}", value]
     return argv
+
+
+def _parse(argv: list[str]):
+    """generate's argument parser on a request's command line; what it refuses (a value not
+    among an option's choices) is a RequestError naming the form field, not an exit."""
+    import contextlib
+    import io
+    import re
+
+    from ..options import build_parser
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return build_parser().parse_args(argv)
+    except SystemExit:
+        lines = said.getvalue().strip().splitlines() or ["the options were refused"]
+        message = lines[-1].split("error: ", 1)[-1]
+        message = re.sub(
+            r"argument --([a-z-]+):", lambda m: m.group(1).replace("-", "_") + ":", message
+        )
+        raise RequestError(message) from None
 
 
 def check_request(
@@ -125,7 +155,6 @@ def check_request(
     machine: the files travel as bytes)."""
     from ..cli import prepare_generate
     from ..engines.spec import SPEED_ENGINES
-    from ..options import build_parser
     from ..runtime.audio import load_audio
     from ..runtime.portrait import load_image
 
@@ -133,7 +162,7 @@ def check_request(
         if name not in inputs:
             raise RequestError(f"the request has no {name} file: send it as the form file {name!r}")
     argv = generate_argv(config, inputs, fields, out)
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     job = prepare_generate(args)
     load_image(inputs["image"])  # unreadable or not an image: the loader's message
     wave, rate = load_audio(inputs["audio"])
@@ -143,6 +172,11 @@ def check_request(
             f"the audio is {seconds:.0f} s long; this server takes at most "
             f"{config.max_audio_seconds:.0f} s: cut it or ask for a longer limit",
             413,
+        )
+    if job.cfg.upscale > 1 and not config.upscale:
+        raise RequestError(
+            f"upscale = {job.cfg.upscale}: this server does not upscale (it was started without "
+            "--upscale): send upscale = 1, or ask the operator to start it with --upscale"
         )
     plan = job.cfg.sampling.plan()
     if config.engines is not None:

@@ -36,11 +36,13 @@ def build_page(config: ServeConfig, manager: Callable[[], JobManager]):
     from ..runtime.sampler import PRESETS
     from .manager import status_of
 
-    async def run(image, audio, embedding, face_box, preset, steps, cfg, seed):
+    async def run(image, audio, embedding, face_box, preset, steps, cfg, seed, *sr):
         if not image or not audio:
             yield "Give a portrait and an audio clip.", None
             return
         fields = {"preset": preset, "cfg": str(cfg), "seed": str(int(seed))}
+        if sr:  # a server started with --upscale: the upscale and fidelity controls
+            fields["upscale"], fields["fidelity"] = str(sr[0]), str(sr[1])
         if face_box:
             fields["face_box"] = face_box
         if steps:
@@ -97,10 +99,20 @@ def build_page(config: ServeConfig, manager: Callable[[], JobManager]):
             )
             cfg = gr.Number(label="Guidance scale", value=3.5)
             seed = gr.Number(label="Seed", value=42, precision=0)
+        extra = []
+        if config.upscale:
+            with gr.Row():
+                upscale = gr.Dropdown(
+                    [1, 2, 4], value=1, label="Upscale (face restoration)", elem_id="upscale"
+                )
+                fidelity = gr.Slider(
+                    0, 1, value=0.5, step=0.05, label="Fidelity (0: quality, 1: the input face)"
+                )
+            extra = [upscale, fidelity]
         submit = gr.Button("Generate", variant="primary", elem_id="generate")
         status = gr.Markdown(elem_id="status")
         video = gr.Video(label="Video", elem_id="video")
-        inputs = [image, audio, embedding, face_box, preset, steps, cfg, seed]
+        inputs = [image, audio, embedding, face_box, preset, steps, cfg, seed, *extra]
         submit.click(run, inputs, [status, video])
     return page
 

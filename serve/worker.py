@@ -1,6 +1,8 @@
 """The generator: one ``Session`` opened once (engines loaded and warm; a CUDA graph captured
-by the first job and replayed by the next), one job at a time. Plain Python: the Ray Serve
-deployment in ``serve.app`` wraps it, and tests may drive it directly.
+by the first job and replayed by the next), one job at a time; and the upscaler (``--upscale``),
+whose replicas restore and upscale the clips of the jobs that ask for it while the generators go
+on to the next clips. Plain Python: the Ray Serve deployments in ``serve.app`` wrap them, and
+tests may drive them directly.
 
 A job arrives as bytes (the portrait, the audio) and options already checked by the intake
 (``serve.jobs.check_request``); its video is written in a private temporary folder of this
@@ -46,31 +48,85 @@ def _sweep_stale(root: Path, older_than: float = 3600.0) -> None:
             pass
 
 
-class Generator:
-    """``Generator(config)`` opens the session; ``run(spec)`` generates one job."""
+def _open_session(config: ServeConfig, **engines):
+    """The replica's session, opened once (every job of the replica reuses it); ``engines``:
+    which engines (``assemble.open_session``'s generation, upscale, steps)."""
+    from ..assemble import open_session
+
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    session = open_session(
+        engines=config.engines,
+        checkpoints=config.checkpoints,
+        device=config.device,
+        dtype=config.dtype,
+        size=config.size if config.checkpoints is not None else None,
+        **engines,
+    )
+    session.__enter__()
+    return session
+
+
+class Upscaler:
+    """The SR deployment's replica (``--upscale``): the four super-resolution engines opened
+    once; restores any job's windows, one call a window, keeping nothing between calls
+    (``runtime.sr_remote``: each call carries the state the previous window handed on)."""
 
     def __init__(self, config: ServeConfig):
-        from ..assemble import open_session
+        from ..runtime.sr_remote import WindowRestorer
+
+        self.restorer = WindowRestorer(_open_session(config, generation=False, upscale=True))
+
+    def geometry(self, height: int, width: int, scale: int, fidelity: float) -> tuple[int, int]:
+        return self.restorer.geometry(height, width, scale, fidelity)
+
+    def window(self, setup, frames, state):
+        return self.restorer.window(setup, frames, state)
+
+
+class _RemoteRestorer:
+    """``WindowRestorer``'s two calls through a Ray Serve handle to the Upscaler deployment.
+    Blocking: only the generation's thread and its SR thread call them, never the event loop.
+    A call that failed with one of our errors raises that error (its message, not Ray's
+    traceback)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    @staticmethod
+    def _result(response):
+        try:
+            return response.result()
+        except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Hallo2rtError):
+                raise cause from None
+            raise
+
+    def geometry(self, *args):
+        return self._result(self.handle.geometry.remote(*args))
+
+    def window(self, *args):
+        return self._result(self.handle.window.remote(*args))
+
+
+class Generator:
+    """``Generator(config[, upscaler])`` opens the session; ``run(spec)`` generates one job.
+    ``upscaler``: a handle to the Upscaler deployment, which restores and upscales the clips of
+    jobs that ask for it while this replica makes the next clips."""
+
+    def __init__(self, config: ServeConfig, upscaler=None):
         from ..engines.spec import SPEED_ENGINES
 
-        if config.threads is not None:
-            import torch
-
-            torch.set_num_threads(config.threads)
         _sweep_stale(Path(tempfile.gettempdir()))
         steps: tuple[str, ...] = SPEED_ENGINES
         if config.engines is not None:  # the step engines this folder has
             steps = tuple(n for n in SPEED_ENGINES if (config.engines / n).is_dir())
         self.config = config
-        self.session = open_session(
-            engines=config.engines,
-            checkpoints=config.checkpoints,
-            device=config.device,
-            dtype=config.dtype,
-            size=config.size if config.checkpoints is not None else None,
-            steps=steps,
-        )
-        self.session.__enter__()  # open once: every job of this replica reuses it
+        self.session = _open_session(config, steps=steps)
+        self.restorer = None if upscaler is None else _RemoteRestorer(upscaler)
         self._busy = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
@@ -112,6 +168,7 @@ class Generator:
                 cfg,
                 lip_box=spec["lip_box"],
                 progress=progress,
+                restorer=self.restorer,
             )
         return out
 

@@ -257,3 +257,71 @@ def test_frames_already_uint8_pass_through_the_writer_unchanged():
 
     frames = torch.randint(0, 256, (2, 4, 6, 3), dtype=torch.uint8)
     np.testing.assert_array_equal(host_frames(frames), frames.numpy())
+
+
+# --- super-resolution on another worker (hallo2rt serve --upscale) -------------------------------
+
+
+class CarryingStub(StubSession):
+    """A stub whose output depends on what one window hands the next: the restorer adds the
+    shared frames' features (context) to the faces, and the detector finds the face only in
+    bright frames (a dark frame reuses the last landmarks)."""
+
+    def run(self, name, **x):
+        if name == "face_restorer":
+            out = super().run(name, **x)
+            ctx = (x["context"].mean((1, 2, 3)) * x["context_valid"]).sum()
+            return {"restored": out["restored"] * 0.5 + ctx * 0.1, "features": out["features"]}
+        if name == "face_detector" and float(x["image"].mean()) < 0.2:
+            return {"scores": torch.zeros(1, 3), "landmarks": torch.zeros(1, 3, 10)}
+        return super().run(name, **x)
+
+
+def _in_clips(sr, frames, clip=5):
+    outs = []
+    for i in range(0, frames.shape[0], clip):
+        outs += list(sr.push(frames[i : i + clip]))
+    return torch.cat(outs + list(sr.flush()))
+
+
+def test_a_resolver_on_another_worker_gives_the_same_frames_as_in_process():
+    """PipelinedSuperResolver + WindowRestorer (what the server's generator and SR replicas
+    run) equal SuperResolver frame for frame: the same windows, and the state a window hands
+    the next (encoder features, last landmarks, counters) travels with each call."""
+    from hallo2rt.runtime.sr_remote import PipelinedSuperResolver, WindowRestorer
+
+    marks = _landmarks_for(_similarity(0, 1, -32, -32), 64)
+    frames = torch.rand(41, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    frames[18:30] = -0.9  # dark: no face found, the last landmarks are reused
+    local = SuperResolver(CarryingStub(marks), 64, 64, scale=2, fidelity=0.3)
+    want = _in_clips(local, frames)
+    restorer = WindowRestorer(CarryingStub(marks))
+    remote = PipelinedSuperResolver(restorer, 64, 64, scale=2, fidelity=0.3, depth=1)
+    got = _in_clips(remote, frames)
+    assert got.shape == (41, 128, 128, 3) and got.dtype == torch.uint8
+    assert torch.equal(got, want)
+    assert remote.frames_out == local.frames_out == 41
+    assert remote.frames_without_face == local.frames_without_face == 12
+    assert [n for n, _, _ in restorer.session.calls] == [16, 12, 12, 1]
+    remote._thread.join(timeout=5)
+    assert not remote._thread.is_alive()  # flush stops the worker thread
+    # with state dropped, the context-dependent output differs (the test can fail)
+    fresh = SuperResolver(CarryingStub(marks), 64, 64, scale=2, fidelity=0.3)
+    alone = torch.cat([*fresh.push(frames[16:28]), *fresh.flush()])
+    assert alone.shape == want[16:28].shape and not torch.equal(alone, want[16:28])
+
+
+def test_a_resolver_on_another_worker_reports_the_restorers_errors():
+    from hallo2rt.runtime.sr_remote import PipelinedSuperResolver, WindowRestorer
+
+    restorer = WindowRestorer(StubSession(None))
+    with pytest.raises(Exception, match="export the SR engines with --size 512"):
+        PipelinedSuperResolver(restorer, 512, 512)  # checked before any frame is made
+    sr = PipelinedSuperResolver(restorer, 64, 64, scale=2)
+    with pytest.raises(NoFaceError, match="no face was found in frames 0-15"):
+        _in_clips(sr, torch.zeros(20, 3, 64, 64))
+    assert not sr._thread.is_alive()
+    sr = PipelinedSuperResolver(restorer, 64, 64, scale=2)
+    sr.close()  # a cancelled job: the thread ends without work
+    sr._thread.join(timeout=5)
+    assert not sr._thread.is_alive()

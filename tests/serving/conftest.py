@@ -32,11 +32,13 @@ def request_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("request")
     np.save(folder / "emb.npy", np.random.default_rng(1).standard_normal(64).astype(np.float32))
     write_wav(folder / "short.wav", 0.4)  # 10 frames: one clip
+    write_wav(folder / "two.wav", 0.8)  # 20 frames: 2 clips, 2 SR windows
     write_wav(folder / "long.wav", 2.0)  # 50 frames: 4 clips
     (folder / "text.txt").write_text("not media\n")
     return {
         "image": ASSETS / "portrait.jpg",
         "audio": folder / "short.wav",
+        "two": folder / "two.wav",
         "long": folder / "long.wav",
         "face_embedding": folder / "emb.npy",
         "text": folder / "text.txt",

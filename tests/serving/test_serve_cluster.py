@@ -33,9 +33,14 @@ def server(tiny_root, tmp_path_factory):
     from hallo2rt.serve.app import APP_NAME, build_application
 
     config = serve_config(
-        tiny_root, tmp_path_factory.mktemp("served"), replicas=2, max_queue=3, token=TOKEN
+        tiny_root,
+        tmp_path_factory.mktemp("served"),
+        replicas=2,
+        max_queue=3,
+        token=TOKEN,
+        upscale=True,  # and an Upscaler replica (one CPU of its own)
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -138,6 +143,26 @@ def test_tokens_and_bad_uploads_are_refused_over_http(server, request_files):
         _submit(_client(url), request_files, audio="text")
     with pytest.raises(ServerError, match=r"400: unknown form fields \['colour'\]"):
         _submit(_client(url), request_files, colour="red")
+
+
+def test_an_upscaled_job_is_restored_by_the_upscaler_replica(server, request_files, tmp_path):
+    """upscale 2 over HTTP: the generator replica hands its SR windows to the Upscaler replica
+    (another process: frames and state cross Ray's object store) and the video is twice the
+    size, every frame, with its audio. (Frame-for-frame equality with ``generate --upscale``:
+    test_serve_local.)"""
+    from hallo2rt.serve import ServerError
+
+    url, _ = server
+    client = _client(url)
+    with pytest.raises(ServerError, match=r"400: upscale: invalid choice"):
+        _submit(client, request_files, upscale=3)
+    job = _submit(client, request_files, audio="two", upscale=2, fidelity=0.7)
+    state = client.wait(job)
+    assert state["state"] == "done", state
+    out = client.download(job, tmp_path / "up.mp4")
+    assert _frames(out).shape == (20, 128, 128, 3)
+    with av.open(str(out)) as c:
+        assert len(c.streams.audio) == 1
 
 
 def test_full_queue_cancel_and_a_killed_replica(server, request_files):

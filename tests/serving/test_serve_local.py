@@ -41,6 +41,11 @@ def _frames(path) -> int:
         return sum(1 for _ in c.decode(video=0))
 
 
+def _rgb(path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
 def test_the_generator_streams_progress_then_the_video(generator, request_files, tmp_path):
     handle, config = generator
     events = list(handle.run.remote(_spec(config, request_files, tmp_path)))
@@ -70,6 +75,44 @@ def test_the_intake_refuses_what_generate_refuses(generator, request_files, tmp_
     files = {**request_files, "audio": request_files["text"]}
     with pytest.raises(Hallo2rtError, match="text.txt"):
         _spec(config, files, tmp_path)
+    with pytest.raises(RequestError, match="does not upscale.*started without --upscale"):
+        _spec(config, request_files, tmp_path, upscale=2)
+    with pytest.raises(RequestError, match=r"upscale: invalid choice: '?3'? \(choose from 1, 2, 4"):
+        _spec(config, request_files, tmp_path, upscale=3)
+    with pytest.raises(RequestError, match=r"preset: invalid choice: '?quick'? \(choose from"):
+        _spec(config, request_files, tmp_path, preset="quick")
+
+
+def test_an_upscaling_server_restores_on_its_upscaler_and_equals_generate(
+    tiny_root, request_files, tmp_path
+):
+    """Generator + Upscaler deployments (local testing mode): a job asking upscale 2 has its
+    SR windows restored by the Upscaler while the generator goes on, and the video equals
+    ``hallo2rt generate --upscale 2`` frame for frame (two clips, two SR windows)."""
+    from ray import serve
+
+    from hallo2rt.cli import main
+    from hallo2rt.serve.worker import Generator, Upscaler
+
+    config = serve_config(tiny_root, tmp_path / "results", upscale=True)
+    upscaler = serve.deployment(name="Upscaler", max_ongoing_requests=1)(Upscaler).bind(config)
+    app = serve.deployment(name="Generator", max_ongoing_requests=1)(Generator)
+    handle = serve.run(
+        app.bind(config, upscaler), _local_testing_mode=True, name="local-upscaling"
+    ).options(stream=True)
+    files = {**request_files, "audio": request_files["two"]}
+    spec = _spec(config, files, tmp_path, upscale=2, fidelity=0.7)
+    events = list(handle.run.remote(spec))
+    assert events[-1]["state"] == "done", events[-1]
+    (tmp_path / "served.mp4").write_bytes(b"".join(e["chunk"] for e in events if "chunk" in e))
+    argv = ["generate", "--checkpoints", str(tiny_root), "--size", "64", "--threads", "1"]
+    argv += ["--image", str(files["image"]), "--audio", str(files["audio"])]
+    argv += ["--face-embedding", str(files["face_embedding"]), "--face-box", FACE["face_box"]]
+    argv += ["--steps", "2", "--upscale", "2", "--fidelity", "0.7"]
+    assert main([*argv, "--out", str(tmp_path / "ref.mp4"), "--quiet"]) == 0
+    got, want = _rgb(tmp_path / "served.mp4"), _rgb(tmp_path / "ref.mp4")
+    assert got.shape == want.shape == (20, 128, 128, 3)
+    assert np.array_equal(got, want)
 
 
 # --- the HTTP API on the local deployment -----------------------------------------------------
@@ -394,3 +437,22 @@ def test_concurrent_requests_cannot_overfill_the_queue(tmp_path):
     outcome = asyncio.run(scenario())
     refused = [r for r in outcome if isinstance(r, RequestError)]
     assert len(refused) == 1 and refused[0].status == 429, outcome
+
+
+def test_upscaler_replicas_get_a_gpu_or_a_share_and_need_the_sr_engines(tmp_path):
+    from hallo2rt.engines.errors import OptionError
+    from hallo2rt.engines.spec import SUPER_RESOLUTION
+    from hallo2rt.serve.app import gpu_share
+    from hallo2rt.serve.jobs import ServeConfig
+
+    assert gpu_share(8, 4) == 1.0  # enough GPUs: one each
+    assert gpu_share(1, 2) == 0.5 and gpu_share(2, 3) == 0.5 and gpu_share(1, 3) == 1 / 3
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    with pytest.raises(OptionError, match="--upscale needs the super-resolution engines.*lacks"):
+        ServeConfig(engines=engines, upscale=True)
+    for name in SUPER_RESOLUTION:
+        (engines / name).mkdir()
+    assert ServeConfig(engines=engines, upscale=True, sr_replicas=2).sr_replicas == 2
+    with pytest.raises(OptionError, match="--sr-replicas 0"):
+        ServeConfig(engines=engines, sr_replicas=0)
