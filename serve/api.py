@@ -19,13 +19,20 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from .jobs import FILES, FINAL, RequestError, ServeConfig
 from .manager import JobManager, status_of
 
 SSE_KEEPALIVE_S = 15.0
+
+
+class Unauthorised(Exception):
+    """A /v1 request without the server's bearer token (answered 401)."""
+
+    def __init__(self) -> None:
+        super().__init__("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
 
 
 def build_api(config: ServeConfig, manager: Callable[[], JobManager], page: bool = False):
@@ -41,28 +48,33 @@ def build_api(config: ServeConfig, manager: Callable[[], JobManager], page: bool
     def refuse(exc: BaseException) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=status_of(exc))
 
-    def authorised(request: Request) -> bool:
-        if config.token is None:
-            return True
-        given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode())
+    @app.exception_handler(RequestError)
+    async def refused(_request: Request, exc: RequestError) -> JSONResponse:
+        return refuse(exc)  # a route's refusal (unknown job, no video yet) as {"error": ...}
 
-    def unauthorised() -> JSONResponse:
+    def authorised(request: Request) -> None:
+        """Every /v1 route's dependency: the bearer token, when the server has one."""
+        if config.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+            raise Unauthorised()
+
+    @app.exception_handler(Unauthorised)
+    async def unauthorised(_request: Request, exc: Unauthorised) -> JSONResponse:
         return JSONResponse(
-            {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
+            {"error": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
         )
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
 
     @app.get("/healthz")
     async def healthz():
         m = manager()
         return {"status": "ok", "active_jobs": m.active(), "max_queue": config.max_queue}
 
-    @app.post("/v1/videos", status_code=202)
+    @v1.post("/videos", status_code=202)
     async def submit(request: Request):
-        if not authorised(request):
-            return unauthorised()
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > 3 * limit + 2**20:
             return refuse(
@@ -115,24 +127,14 @@ def build_api(config: ServeConfig, manager: Callable[[], JobManager], page: bool
             await form.close()
         return JSONResponse(job.public(), status_code=202)
 
-    @app.get("/v1/videos/{job_id}")
-    async def status(job_id: str, request: Request):
-        if not authorised(request):
-            return unauthorised()
-        try:
-            return manager().get(job_id).public()
-        except RequestError as exc:
-            return refuse(exc)
+    @v1.get("/videos/{job_id}")
+    async def status(job_id: str):
+        return manager().get(job_id).public()
 
-    @app.get("/v1/videos/{job_id}/events")
+    @v1.get("/videos/{job_id}/events")
     async def events(job_id: str, request: Request):
-        if not authorised(request):
-            return unauthorised()
         m = manager()
-        try:
-            job = m.get(job_id)
-        except RequestError as exc:
-            return refuse(exc)
+        job = m.get(job_id)
 
         async def stream():
             last = None
@@ -149,27 +151,18 @@ def build_api(config: ServeConfig, manager: Callable[[], JobManager], page: bool
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    @app.get("/v1/videos/{job_id}/result")
-    async def result(job_id: str, request: Request):
-        if not authorised(request):
-            return unauthorised()
-        try:
-            job = manager().get(job_id)
-        except RequestError as exc:
-            return refuse(exc)
+    @v1.get("/videos/{job_id}/result")
+    async def result(job_id: str):
+        job = manager().get(job_id)
         if job.state != "done" or job.result is None or not job.result.is_file():
-            return refuse(RequestError(f"job {job_id} is {job.state}: the video is not there", 409))
+            raise RequestError(f"job {job_id} is {job.state}: the video is not there", 409)
         return FileResponse(job.result, media_type="video/mp4", filename=f"{job_id}.mp4")
 
-    @app.delete("/v1/videos/{job_id}")
-    async def cancel(job_id: str, request: Request):
-        if not authorised(request):
-            return unauthorised()
-        try:
-            return (await manager().cancel(job_id)).public()
-        except RequestError as exc:
-            return refuse(exc)
+    @v1.delete("/videos/{job_id}")
+    async def cancel(job_id: str):
+        return (await manager().cancel(job_id)).public()
 
+    app.include_router(v1)
     if page:
         from .page import mount_page
 

@@ -456,3 +456,23 @@ def test_upscaler_replicas_get_a_gpu_or_a_share_and_need_the_sr_engines(tmp_path
     assert ServeConfig(engines=engines, upscale=True, sr_replicas=2).sr_replicas == 2
     with pytest.raises(OptionError, match="--sr-replicas 0"):
         ServeConfig(engines=engines, sr_replicas=0)
+
+
+def test_the_page_behind_a_token_asks_for_it_as_the_password(tmp_path):
+    """--token-file protects the page too: its config and queue answer 401 until the login
+    form is given the token (any user name), and a wrong one is refused."""
+    pytest.importorskip("gradio")
+    from fastapi.testclient import TestClient
+
+    from hallo2rt.serve.api import build_api
+    from hallo2rt.serve.jobs import ServeConfig
+
+    config = ServeConfig(engines=tmp_path, results=tmp_path / "results", token="s3cret")
+    client = TestClient(build_api(config, lambda: None, page=True))
+    assert client.get("/ui/config").status_code == 401
+    assert client.post("/ui/gradio_api/queue/join", json={}).status_code == 401
+    login = {"username": "anyone", "password": "wrong"}
+    assert client.post("/ui/login", data=login).status_code == 400
+    assert client.post("/ui/login", data={**login, "password": "s3cret"}).status_code == 200
+    assert client.get("/ui/config").status_code == 200  # the login's cookie
+    assert client.get("/v1/videos/x").status_code == 401  # the API still wants the header
