@@ -68,8 +68,7 @@ def build_application(config: ServeConfig, gpus: float = 0, page: bool = True):
     config)`` with its options; ``gpus``: how many GPUs the cluster has (0: CPU replicas)."""
     from ray import serve
 
-    replicas = config.replicas + (config.sr_replicas if config.upscale else 0)
-    share = gpu_share(gpus, replicas) if gpus else 0.0
+    share = gpu_share(gpus, config.all_replicas) if gpus else 0.0
     actor = {"num_gpus": share} if gpus else {"num_cpus": 1}
     upscaler = None
     if config.upscale:
@@ -115,8 +114,7 @@ def run_server(
         ray.init()
     gpus = ray.cluster_resources().get("GPU", 0)
     serve.start(http_options={"host": host, "port": port})
-    replicas = config.replicas + (config.sr_replicas if config.upscale else 0)
-    where = "CPU" if not gpus else f"{gpu_share(gpus, replicas):.2g} GPU each"
+    where = "CPU" if not gpus else f"{gpu_share(gpus, config.all_replicas):.2g} GPU each"
     sr = f" and {config.sr_replicas} upscaler replica(s)" if config.upscale else ""
     log(f"deploying {config.replicas} generator replica(s){sr} ({where}) ...")
     serve.run(build_application(config, gpus, page), name=APP_NAME, route_prefix="/")

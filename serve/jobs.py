@@ -70,6 +70,11 @@ class ServeConfig:
     upscale: bool = False  # an SR deployment takes requests' upscale 2 / 4 (--upscale)
     sr_replicas: int = 1  # its replicas (one GPU each where there are GPUs)
 
+    @property
+    def all_replicas(self) -> int:
+        """Generator and Upscaler replicas: how many ask for a GPU (or a share of one)."""
+        return self.replicas + (self.sr_replicas if self.upscale else 0)
+
     def __post_init__(self) -> None:
         if (self.engines is None) == (self.checkpoints is None):
             raise OptionError("give --engines (built engines) or --checkpoints (PyTorch), one")

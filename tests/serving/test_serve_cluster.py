@@ -163,6 +163,18 @@ def test_an_upscaled_job_is_restored_by_the_upscaler_replica(server, request_fil
     assert _frames(out).shape == (20, 128, 128, 3)
     with av.open(str(out)) as c:
         assert len(c.streams.audio) == 1
+    # the Upscaler's own errors reach the generator as themselves, not as Ray's traceback
+    from ray import serve
+
+    from hallo2rt.engines.errors import OptionError
+    from hallo2rt.serve.app import APP_NAME
+    from hallo2rt.serve.worker import _RemoteRestorer
+
+    restorer = _RemoteRestorer(serve.get_deployment_handle("Upscaler", app_name=APP_NAME))
+    assert restorer.geometry(64, 64, 2, 0.7)[1] > 0  # (window, overlap)
+    with pytest.raises(OptionError) as refused:
+        restorer.geometry(64, 64, 3, 0.7)
+    assert str(refused.value).startswith("--upscale 3: must be one of")
 
 
 def test_full_queue_cancel_and_a_killed_replica(server, request_files):

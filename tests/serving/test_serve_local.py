@@ -453,7 +453,8 @@ def test_upscaler_replicas_get_a_gpu_or_a_share_and_need_the_sr_engines(tmp_path
         ServeConfig(engines=engines, upscale=True)
     for name in SUPER_RESOLUTION:
         (engines / name).mkdir()
-    assert ServeConfig(engines=engines, upscale=True, sr_replicas=2).sr_replicas == 2
+    config = ServeConfig(engines=engines, replicas=3, upscale=True, sr_replicas=2)
+    assert config.all_replicas == 5  # the count whose share of the GPUs each replica asks
     with pytest.raises(OptionError, match="--sr-replicas 0"):
         ServeConfig(engines=engines, sr_replicas=0)
 
