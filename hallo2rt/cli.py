@@ -418,6 +418,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         checkpoints=args.checkpoints,
         results=args.results.resolve(),
         replicas=args.replicas,
+        max_replicas=args.max_replicas,
         device=None if args.device == "auto" else args.device,
         dtype=args.dtype,
         size=args.size,

@@ -392,6 +392,11 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     src.add_argument("--engines", type=Path, help="engines built by `hallo2rt build`")
     src.add_argument("--checkpoints", type=Path, help="the official pretrained_models/ (PyTorch)")
     p.add_argument("--replicas", type=int, default=1, help="generator replicas (one GPU each)")
+    p.add_argument(
+        "--max-replicas",
+        type=int,
+        help="autoscale: add generator replicas while jobs wait, up to this many",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this host only)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument("--address", help="join this Ray cluster (e.g. auto, or head-ip:6379)")

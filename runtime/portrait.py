@@ -152,7 +152,7 @@ def build_portrait(
         full_masks=_pyramid(background, latent),
         face_masks=_pyramid(face_only, latent),
         lip_masks=_pyramid(lip_blur, latent),
-        embedding=torch.from_numpy(emb),
+        embedding=torch.tensor(emb),  # a copy: a server's job hands a read-only array
     )
 
 

@@ -3,6 +3,8 @@
 - ``Generator`` (``serve.worker``): each replica opens one ``Session`` once and takes one job at
   a time (``max_ongoing_requests=1``); it asks Ray for one GPU where the cluster has GPUs, one
   CPU otherwise, so replicas spread over the cluster's GPUs (``--replicas``).
+  ``--max-replicas M`` lets Ray Serve add replicas while jobs wait, up to M (on a cluster with
+  Ray's autoscaler, such as KubeRay, a replica that finds no free GPU makes it add a machine).
 - ``Upscaler`` (``--upscale``, ``serve.worker``): replicas with the super-resolution engines;
   a generator hands them each SR window of a job that asks for ``upscale`` 2 or 4 and goes on
   denoising the next clip meanwhile (stage pipelining). A window carries the state the previous
@@ -63,6 +65,21 @@ def gpu_share(gpus: float, replicas: int) -> float:
     return 1.0 / math.ceil(replicas / max(1, math.floor(gpus)))
 
 
+def generator_replicas(config: ServeConfig) -> dict[str, Any]:
+    """The Generator deployment's replica options: ``--replicas`` of them, or with
+    ``--max-replicas`` Ray Serve's autoscaling from ``--replicas`` up to that many while jobs
+    wait (one job per replica as its target), and back down when they are idle."""
+    if config.max_replicas is None or config.max_replicas == config.replicas:
+        return {"num_replicas": config.replicas}
+    return {
+        "autoscaling_config": {
+            "min_replicas": config.replicas,
+            "max_replicas": config.max_replicas,
+            "target_ongoing_requests": 1,
+        }
+    }
+
+
 def build_application(config: ServeConfig, gpus: float = 0, page: bool = True):
     """The application: ``Ingress.bind(Generator.bind(config[, Upscaler.bind(config)]),
     config)`` with its options; ``gpus``: how many GPUs the cluster has (0: CPU replicas)."""
@@ -81,10 +98,10 @@ def build_application(config: ServeConfig, gpus: float = 0, page: bool = True):
         )(Upscaler).bind(config)
     generator = serve.deployment(
         name="Generator",
-        num_replicas=config.replicas,
         max_ongoing_requests=1,  # one job at a time per replica: Serve routes to a free one
         ray_actor_options=actor,
         graceful_shutdown_timeout_s=5,
+        **generator_replicas(config),
     )(Generator)
     ingress = serve.deployment(
         name="Ingress",
@@ -116,7 +133,10 @@ def run_server(
     serve.start(http_options={"host": host, "port": port})
     where = "CPU" if not gpus else f"{gpu_share(gpus, config.all_replicas):.2g} GPU each"
     sr = f" and {config.sr_replicas} upscaler replica(s)" if config.upscale else ""
-    log(f"deploying {config.replicas} generator replica(s){sr} ({where}) ...")
+    count = str(config.replicas)
+    if config.max_replicas is not None and config.max_replicas > config.replicas:
+        count += f" to {config.max_replicas} (autoscaled)"
+    log(f"deploying {count} generator replica(s){sr} ({where}) ...")
     serve.run(build_application(config, gpus, page), name=APP_NAME, route_prefix="/")
     log(f"serving on http://{host}:{port}  (API: /v1/videos, docs: /docs, page: /)")
     if not block:

@@ -58,6 +58,7 @@ class ServeConfig:
     checkpoints: Path | None = None  # the official pretrained_models/ (PyTorch modules)
     results: Path = Path("hallo2rt-results")  # finished videos, one folder per job
     replicas: int = 1  # generator replicas (one GPU each where there are GPUs)
+    max_replicas: int | None = None  # autoscaling: up to this many while jobs wait (None: fixed)
     device: str | None = None  # None: the engines' own, or the CPU for checkpoints
     dtype: str = "fp32"  # checkpoints only
     size: int = 512  # checkpoints only: the generated side
@@ -81,6 +82,11 @@ class ServeConfig:
         for name in ("replicas", "max_queue", "sr_replicas"):
             if getattr(self, name) < 1:
                 raise OptionError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise OptionError(
+                f"--max-replicas {self.max_replicas}: must be at least --replicas "
+                f"({self.replicas}), the number autoscaling starts from and keeps"
+            )
         for name in ("keep_seconds", "max_upload_mb", "max_audio_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

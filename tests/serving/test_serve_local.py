@@ -477,3 +477,25 @@ def test_the_page_behind_a_token_asks_for_it_as_the_password(tmp_path):
     assert client.post("/ui/login", data={**login, "password": "s3cret"}).status_code == 200
     assert client.get("/ui/config").status_code == 200  # the login's cookie
     assert client.get("/v1/videos/x").status_code == 401  # the API still wants the header
+
+
+def test_max_replicas_autoscales_the_generators_from_replicas(tmp_path):
+    from hallo2rt.engines.errors import OptionError
+    from hallo2rt.serve.app import build_application, generator_replicas
+    from hallo2rt.serve.jobs import ServeConfig
+
+    fixed = ServeConfig(checkpoints=tmp_path, replicas=2)
+    assert generator_replicas(fixed) == {"num_replicas": 2}
+    assert generator_replicas(ServeConfig(checkpoints=tmp_path, replicas=2, max_replicas=2)) == {
+        "num_replicas": 2
+    }
+    scaled = ServeConfig(checkpoints=tmp_path, replicas=2, max_replicas=6)
+    auto = generator_replicas(scaled)["autoscaling_config"]
+    assert (auto["min_replicas"], auto["max_replicas"], auto["target_ongoing_requests"]) == (
+        2,
+        6,
+        1,
+    )
+    build_application(scaled, page=False)  # Ray Serve checks the autoscaling config here
+    with pytest.raises(OptionError, match="--max-replicas 1: must be at least --replicas"):
+        ServeConfig(checkpoints=tmp_path, replicas=2, max_replicas=1)
