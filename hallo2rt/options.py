@@ -240,9 +240,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    """The command line's parser; ``parser_class`` (the subcommands' too): one whose ``error``
+    raises instead of exiting lets a server parse a request's options."""
     fmt = _HelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = parser_class(
         prog="hallo2rt", formatter_class=fmt, description="Deploy Hallo2 portrait animation fast."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

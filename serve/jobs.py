@@ -10,13 +10,15 @@ taken from requests.
 
 from __future__ import annotations
 
+import argparse
 import math
+import re
 import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..engines.errors import Hallo2rtError, OptionError
 
@@ -135,26 +137,15 @@ def generate_argv(config: ServeConfig, inputs: dict[str, Path], fields: dict[str
     return argv
 
 
-def _parse(argv: list[str]):
-    """generate's argument parser on a request's command line; what it refuses (a value not
-    among an option's choices) is a RequestError naming the form field, not an exit."""
-    import contextlib
-    import io
-    import re
+class _RequestParser(argparse.ArgumentParser):
+    """generate's parser for a request's options: what it refuses (a value not among an
+    option's choices) is a RequestError naming the form field, where argparse would print the
+    usage and exit the server's process."""
 
-    from ..options import build_parser
-
-    said = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(said):
-            return build_parser().parse_args(argv)
-    except SystemExit:
-        lines = said.getvalue().strip().splitlines() or ["the options were refused"]
-        message = lines[-1].split("error: ", 1)[-1]
-        message = re.sub(
-            r"argument --([a-z-]+):", lambda m: m.group(1).replace("-", "_") + ":", message
+    def error(self, message: str) -> NoReturn:
+        raise RequestError(
+            re.sub(r"argument --([a-z-]+):", lambda m: m.group(1).replace("-", "_") + ":", message)
         )
-        raise RequestError(message) from None
 
 
 def check_request(
@@ -166,6 +157,7 @@ def check_request(
     machine: the files travel as bytes)."""
     from ..cli import prepare_generate
     from ..engines.spec import SPEED_ENGINES
+    from ..options import build_parser
     from ..runtime.audio import load_audio
     from ..runtime.portrait import load_image
 
@@ -173,7 +165,7 @@ def check_request(
         if name not in inputs:
             raise RequestError(f"the request has no {name} file: send it as the form file {name!r}")
     argv = generate_argv(config, inputs, fields, out)
-    args = _parse(argv)
+    args = build_parser(_RequestParser).parse_args(argv)
     job = prepare_generate(args)
     load_image(inputs["image"])  # unreadable or not an image: the loader's message
     wave, rate = load_audio(inputs["audio"])
