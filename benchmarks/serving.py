@@ -59,24 +59,14 @@ def _record(side: str, job: int, first_clip: float | None, total: float, frames:
     }
 
 
-def served(args: argparse.Namespace, options: dict[str, Any], out: Path, log) -> list[dict]:
-    """``--jobs`` jobs through a server on a local Ray cluster, over HTTP."""
+def served(args: argparse.Namespace, config, options: dict[str, Any], out: Path, log) -> list[dict]:
+    """``--jobs`` jobs through a server (``config``) on a local Ray cluster, over HTTP."""
     import ray
     from ray import serve
 
     from ..serve.app import run_server
     from ..serve.client import Client
-    from ..serve.jobs import ServeConfig
 
-    config = ServeConfig(
-        engines=args.engines,
-        checkpoints=args.checkpoints,
-        size=args.size,
-        device=args.device,
-        results=out / "served",
-        threads=args.threads,
-        upscale=options.get("upscale", 1) > 1,
-    )
     port = _free_port()
     started = time.perf_counter()
     run_server(config, port=port, page=False, block=False, log=log)
@@ -106,41 +96,37 @@ def served(args: argparse.Namespace, options: dict[str, Any], out: Path, log) ->
     return rows
 
 
-def in_process(args: argparse.Namespace, options: dict[str, Any], out: Path, log) -> list[dict]:
-    """The same jobs by ``generate_video`` on one session opened before the timers."""
+def in_process(
+    args: argparse.Namespace, config, options: dict[str, Any], out: Path, log
+) -> list[dict]:
+    """The same jobs by ``generate_video`` on one session opened before the timers, with the
+    options the server's intake (``serve.jobs.check_request``) makes of the same request."""
     from ..assemble import open_session
-    from ..cli import prepare_generate
-    from ..options import build_parser
     from ..runtime.pipeline import generate_video
+    from ..serve.jobs import check_request
 
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
     rows = []
-    argv = ["generate", "--image", str(args.image), "--audio", str(args.audio), "--quiet"]
-    argv += ["--out", str(out / "in-process.mp4")]
-    if args.engines:
-        argv += ["--engines", str(args.engines)]
-    else:
-        argv += ["--checkpoints", str(args.checkpoints), "--size", str(args.size)]
+    inputs = {"image": args.image, "audio": args.audio}
     if args.face_embedding:
-        argv += ["--face-embedding", str(args.face_embedding)]
-    for name, value in options.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
-    job = prepare_generate(build_parser().parse_args(argv))
+        inputs["face_embedding"] = args.face_embedding
+    fields = {k: str(v) for k, v in options.items()}
+    job = check_request(config, inputs, fields, out / "in-process.mp4")
     session = open_session(
         engines=args.engines,
         checkpoints=args.checkpoints,
         device=args.device,
         size=args.size if args.checkpoints else None,
-        upscale=job.cfg.upscale > 1,
-        steps=job.cfg.sampling.plan(),
+        upscale=job["cfg"].upscale > 1,
+        steps=job["cfg"].sampling.plan(),
     )
     with session:
         import dataclasses
 
-        cfg = dataclasses.replace(job.cfg, size=session.size, frames=session.frames)
+        cfg = dataclasses.replace(job["cfg"], size=session.size, frames=session.frames)
         for i in range(args.jobs):
             video = out / f"in-process-{i}.mp4"
             first: list[float] = []
@@ -155,10 +141,10 @@ def in_process(args: argparse.Namespace, options: dict[str, Any], out: Path, log
                 args.image,
                 args.audio,
                 video,
-                job.face_box,
-                job.embedding,
+                job["face_box"],
+                job["embedding"],
                 cfg,
-                lip_box=job.lip_box,
+                lip_box=job["lip_box"],
                 progress=progress,
             )
             total = time.perf_counter() - start
@@ -230,9 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     def log(s: str) -> None:
         print(s, file=sys.stderr, flush=True)
 
+    from ..serve.jobs import ServeConfig
+
     with tempfile.TemporaryDirectory() as tmp:
-        rows = served(args, options, Path(tmp), log)
-        rows += in_process(args, options, Path(tmp), log)
+        config = ServeConfig(
+            engines=args.engines,
+            checkpoints=args.checkpoints,
+            size=args.size,
+            device=args.device,
+            results=Path(tmp) / "served",
+            threads=args.threads,
+            upscale=options.get("upscale", 1) > 1,
+        )
+        rows = served(args, config, options, Path(tmp), log)
+        rows += in_process(args, config, options, Path(tmp), log)
     env = environment(args)
     report = markdown(rows, env, options)
     print(report)

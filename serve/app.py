@@ -134,7 +134,7 @@ def run_server(
     where = "CPU" if not gpus else f"{gpu_share(gpus, config.all_replicas):.2g} GPU each"
     sr = f" and {config.sr_replicas} upscaler replica(s)" if config.upscale else ""
     count = str(config.replicas)
-    if config.max_replicas is not None and config.max_replicas > config.replicas:
+    if "autoscaling_config" in generator_replicas(config):
         count += f" to {config.max_replicas} (autoscaled)"
     log(f"deploying {count} generator replica(s){sr} ({where}) ...")
     serve.run(build_application(config, gpus, page), name=APP_NAME, route_prefix="/")

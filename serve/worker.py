@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.errors import Hallo2rtError
+from ..runtime.sr_remote import WindowRestorer
 from .jobs import ServeConfig
 
 CHUNK = 4 << 20  # bytes of video per streamed event
@@ -69,21 +70,14 @@ def _open_session(config: ServeConfig, **engines):
     return session
 
 
-class Upscaler:
+class Upscaler(WindowRestorer):
     """The SR deployment's replica (``--upscale``): the four super-resolution engines opened
     once; restores any job's windows, one call a window, keeping nothing between calls
-    (``runtime.sr_remote``: each call carries the state the previous window handed on)."""
+    (``runtime.sr_remote.WindowRestorer``: each call carries the state the previous window
+    handed on)."""
 
     def __init__(self, config: ServeConfig):
-        from ..runtime.sr_remote import WindowRestorer
-
-        self.restorer = WindowRestorer(_open_session(config, generation=False, upscale=True))
-
-    def geometry(self, height: int, width: int, scale: int, fidelity: float) -> tuple[int, int]:
-        return self.restorer.geometry(height, width, scale, fidelity)
-
-    def window(self, setup, frames, state):
-        return self.restorer.window(setup, frames, state)
+        super().__init__(_open_session(config, generation=False, upscale=True))
 
 
 class _RemoteRestorer:
